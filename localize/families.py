@@ -1,0 +1,155 @@
+"""Per-family mapping tables: everything the lab knows about an architecture lives here, not in branches.
+
+A family says which diffusers pipeline class runs it, which pipeline attributes hold its text encoders and
+tokenizers (in the order their features are concatenated), and how prompts become UNet conditioning. Text
+encoder classes have their own table (`TEXT_ENCODER_ARCHS`): where the layers, their self-attention and MLP,
+and the token embeddings live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from diffusers import DiffusionPipeline, IFPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+Conditioning = dict  # keyword arguments of `UNet2DConditionModel.forward` besides sample and timestep
+
+
+@dataclass(frozen=True)
+class TextEncoderArch:
+    """Module paths, relative to one text encoder, of its layer list and of each layer's parts.
+
+    The self-attention and MLP sites are the sublayer outputs that are added to the residual stream.
+    """
+
+    layers: str
+    self_attn: str
+    mlp: str
+    embeddings: str
+
+
+_CLIP_TEXT = TextEncoderArch(
+    layers="encoder.layers",
+    self_attn="self_attn",
+    mlp="mlp",
+    embeddings="embeddings.token_embedding",
+)
+_CLIP_TEXT_IN_WRAPPER = TextEncoderArch(  # CLIPTextModelWithProjection keeps the transformer under `text_model`
+    layers="text_model.encoder.layers",
+    self_attn="self_attn",
+    mlp="mlp",
+    embeddings="text_model.embeddings.token_embedding",
+)
+TEXT_ENCODER_ARCHS = {
+    "CLIPTextModel": _CLIP_TEXT,
+    "CLIPTextModelWithProjection": _CLIP_TEXT_IN_WRAPPER,
+    "T5EncoderModel": TextEncoderArch(
+        layers="encoder.block",
+        self_attn="layer.0.SelfAttention",
+        mlp="layer.1.DenseReluDense",
+        embeddings="shared",
+    ),
+}
+
+
+def _encode_sd(pipeline: StableDiffusionPipeline, prompts: list[str], size: tuple[int, int]) -> Conditioning:
+    embeds, _ = pipeline.encode_prompt(prompts, pipeline.unet.device, 1, False)
+    return {"encoder_hidden_states": embeds}
+
+
+def _encode_sdxl(pipeline: StableDiffusionXLPipeline, prompts: list[str], size: tuple[int, int]) -> Conditioning:
+    """Both encoders' penultimate states, concatenated; the second encoder's pooled projection; size ids.
+
+    Size ids follow the pipeline's defaults: original size = target size = the generated size, no crop.
+    """
+    embeds, _, pooled, _ = pipeline.encode_prompt(
+        prompts, device=pipeline.unet.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+    )
+    time_ids = torch.tensor([[*size, 0, 0, *size]], dtype=embeds.dtype, device=embeds.device)
+    return {
+        "encoder_hidden_states": embeds,
+        "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids.repeat(len(prompts), 1)},
+    }
+
+
+def _uncond_sdxl(pipeline: StableDiffusionXLPipeline, n: int, size: tuple[int, int]) -> Conditioning:
+    """SD-XL's empty prompt is all zeros (the `force_zeros_for_empty_prompt` config), size ids kept."""
+    empty = _encode_sdxl(pipeline, [""] * n, size)
+    if not pipeline.config.force_zeros_for_empty_prompt:
+        return empty
+    extra = empty["added_cond_kwargs"]
+    return {
+        "encoder_hidden_states": torch.zeros_like(empty["encoder_hidden_states"]),
+        "added_cond_kwargs": {"text_embeds": torch.zeros_like(extra["text_embeds"]), "time_ids": extra["time_ids"]},
+    }
+
+
+def _encode_if(pipeline: IFPipeline, prompts: list[str], size: tuple[int, int]) -> Conditioning:
+    embeds, _ = pipeline.encode_prompt(
+        prompts, do_classifier_free_guidance=False, device=pipeline.unet.device, clean_caption=False
+    )
+    return {"encoder_hidden_states": embeds}
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family.
+
+    `encode(pipeline, prompts, size)` returns the UNet conditioning of the prompts (one row each) for an
+    image of `size` = (height, width) pixels; `uncond(pipeline, n, size)` the unconditional CFG rows.
+    """
+
+    name: str
+    description: str
+    pipeline_class: type[DiffusionPipeline]
+    text_encoders: tuple[str, ...]
+    tokenizers: tuple[str, ...]
+    encode: Callable[[DiffusionPipeline, list[str], tuple[int, int]], Conditioning]
+    uncond: Callable[[DiffusionPipeline, int, tuple[int, int]], Conditioning] | None = None
+
+    def unconditional(self, pipeline: DiffusionPipeline, n: int, size: tuple[int, int]) -> Conditioning:
+        if self.uncond is not None:
+            return self.uncond(pipeline, n, size)
+        return self.encode(pipeline, [""] * n, size)
+
+
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family("sd1", "Stable Diffusion 1.x (1.4, 1.5, OpenJourney)", StableDiffusionPipeline,
+               ("text_encoder",), ("tokenizer",), _encode_sd),
+        Family("sd2", "Stable Diffusion 2.x", StableDiffusionPipeline, ("text_encoder",), ("tokenizer",), _encode_sd),
+        Family("sdxl", "Stable Diffusion XL", StableDiffusionXLPipeline, ("text_encoder", "text_encoder_2"),
+               ("tokenizer", "tokenizer_2"), _encode_sdxl, _uncond_sdxl),
+        Family("if", "DeepFloyd IF stage I", IFPipeline, ("text_encoder",), ("tokenizer",), _encode_if),
+    )
+}
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; valid families: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+_SD_BY_TEXT_ACTIVATION = {"quick_gelu": "sd1", "gelu": "sd2"}
+
+
+def detect_family(pipeline: DiffusionPipeline) -> str:
+    """The family of a loaded pipeline, from its class and configs.
+
+    SD 1.x and 2.x share a pipeline class; they differ in the text encoder: OpenAI CLIP (quick_gelu) for 1.x,
+    OpenCLIP (gelu) for 2.x.
+    """
+    names = [f.name for f in FAMILIES.values() if type(pipeline) is f.pipeline_class]
+    if names == ["sd1", "sd2"]:
+        activation = getattr(pipeline.text_encoder.config, "hidden_act", None)
+        names = [_SD_BY_TEXT_ACTIVATION[activation]] if activation in _SD_BY_TEXT_ACTIVATION else []
+    if len(names) != 1:
+        raise ValueError(
+            f"cannot detect the model family of a {type(pipeline).__name__}; pass family= one of "
+            f"{', '.join(FAMILIES)}"
+        )
+    return names[0]

@@ -1,0 +1,261 @@
+"""`Model`: a diffusers pipeline plus its canonical layer tables, and `load_model` for hub ids and local dirs.
+
+Layer-index convention: every table is 0-based and in EXECUTION order (down blocks, mid block, up blocks, as
+the UNet's forward calls them), which is not `named_modules()` order (down, up, mid). The order is recorded
+by running the UNet's forward once on the meta device (no memory, no compute) with hooks on every module.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import diffusers
+import torch
+from diffusers import DiffusionPipeline, UNet2DConditionModel
+from diffusers.models.attention import FeedForward
+from diffusers.models.attention_processor import Attention
+from diffusers.models.resnet import ResnetBlock2D
+from torch import nn
+
+from localize.families import TEXT_ENCODER_ARCHS, Family, detect_family, get_family
+
+
+@dataclass(frozen=True)
+class CrossAttentionLayer:
+    """One cross-attention layer. `key`/`value` are the projections that see the text.
+
+    For SD and SD-XL these are `to_k`/`to_v` of a transformer block's `attn2`; for DeepFloyd IF's added-K/V
+    attention they are `add_k_proj`/`add_v_proj`.
+    """
+
+    index: int
+    name: str
+    module: Attention
+
+    @property
+    def key(self) -> nn.Linear:
+        return self.module.add_k_proj if self.module.added_kv_proj_dim is not None else self.module.to_k
+
+    @property
+    def value(self) -> nn.Linear:
+        return self.module.add_v_proj if self.module.added_kv_proj_dim is not None else self.module.to_v
+
+
+@dataclass(frozen=True)
+class TextEncoderLayer:
+    """Layer `index` of text encoder `encoder` (0-based, in `Model.text_encoders` order)."""
+
+    encoder: int
+    index: int
+    name: str
+    module: nn.Module
+    self_attn: nn.Module
+    mlp: nn.Module
+
+
+@dataclass(frozen=True)
+class UNetComponent:
+    """A UNet state causal tracing restores: kind in `resnet, self_attn, cross_attn, ff`; block e.g. `up_blocks.1`."""
+
+    index: int
+    name: str
+    kind: str
+    block: str
+    module: nn.Module
+
+
+def _is_cross_attention(module: nn.Module) -> bool:
+    return isinstance(module, Attention) and (module.is_cross_attention or module.added_kv_proj_dim is not None)
+
+
+def _component_kind(module: nn.Module) -> str | None:
+    if isinstance(module, ResnetBlock2D):
+        return "resnet"
+    if isinstance(module, Attention):
+        return "cross_attn" if _is_cross_attention(module) else "self_attn"
+    if isinstance(module, FeedForward):
+        return "ff"
+    return None
+
+
+def _meta_inputs(config) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Smallest valid UNet inputs on the meta device for a UNet config."""
+    side = 2 ** (len(config.block_out_channels) - 1)
+    sample = torch.zeros(1, config.in_channels, side, side, device="meta")
+    text_dim = config.encoder_hid_dim or config.cross_attention_dim
+    kwargs: dict = {"encoder_hidden_states": torch.zeros(1, 4, text_dim, device="meta")}
+    if config.addition_embed_type == "text_time":
+        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        kwargs["added_cond_kwargs"] = {
+            "text_embeds": torch.zeros(1, pooled, device="meta"),
+            "time_ids": torch.zeros(1, 6, device="meta"),
+        }
+    return sample, torch.zeros(1, device="meta"), kwargs
+
+
+@functools.lru_cache(maxsize=16)
+def _execution_order(config_json: str) -> tuple[str, ...]:
+    """Names of the UNet's modules in the order its forward first calls them (traced on the meta device)."""
+    config = json.loads(config_json)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+    order: dict[str, None] = {}
+    handles = [
+        module.register_forward_pre_hook(lambda _m, _a, name=name: order.setdefault(name))
+        for name, module in unet.named_modules()
+        if name
+    ]
+    try:
+        sample, timestep, kwargs = _meta_inputs(unet.config)
+        with torch.no_grad():
+            unet(sample, timestep, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return tuple(order)
+
+
+def unet_execution_order(unet: UNet2DConditionModel) -> tuple[str, ...]:
+    return _execution_order(json.dumps(dict(unet.config), sort_keys=True, default=list))
+
+
+def _block_of(name: str) -> str:
+    parts = name.split(".")
+    return parts[0] if parts[0] == "mid_block" else ".".join(parts[:2])
+
+
+@dataclass
+class Model:
+    """A pipeline and its tables. Build with `load_model` or `random_model`.
+
+    `cross_attention_layers`, `unet_components`: execution order over the UNet. `text_encoder_layers`: encoder by
+    encoder (in `text_encoders` order), layer by layer.
+    """
+
+    pipeline: DiffusionPipeline
+    family: str
+    cross_attention_layers: list[CrossAttentionLayer]
+    text_encoder_layers: list[TextEncoderLayer]
+    unet_components: list[UNetComponent]
+
+    @classmethod
+    def from_pipeline(cls, pipeline: DiffusionPipeline, family: str | None = None) -> Model:
+        family = get_family(family or detect_family(pipeline)).name
+        unet = pipeline.unet
+        modules = dict(unet.named_modules())
+        order = [name for name in unet_execution_order(unet) if name in modules]
+        cross = [name for name in order if _is_cross_attention(modules[name])]
+        if not cross:
+            raise ValueError(f"the {family} UNet has no cross-attention layer; cannot build a Model of it")
+        components = [
+            (name, kind) for name in order if (kind := _component_kind(modules[name])) is not None
+        ]
+        text_layers = []
+        for e, attr in enumerate(get_family(family).text_encoders):
+            encoder = getattr(pipeline, attr)
+            arch = TEXT_ENCODER_ARCHS[type(encoder).__name__]
+            for i, layer in enumerate(encoder.get_submodule(arch.layers)):
+                text_layers.append(TextEncoderLayer(
+                    e, i, f"{attr}.{arch.layers}.{i}", layer,
+                    layer.get_submodule(arch.self_attn), layer.get_submodule(arch.mlp),
+                ))
+        return cls(
+            pipeline=pipeline,
+            family=family,
+            cross_attention_layers=[CrossAttentionLayer(i, n, modules[n]) for i, n in enumerate(cross)],
+            text_encoder_layers=text_layers,
+            unet_components=[
+                UNetComponent(i, n, kind, _block_of(n), modules[n]) for i, (n, kind) in enumerate(components)
+            ],
+        )
+
+    @property
+    def spec(self) -> Family:
+        return get_family(self.family)
+
+    @property
+    def unet(self) -> UNet2DConditionModel:
+        return self.pipeline.unet
+
+    @property
+    def scheduler(self):
+        return self.pipeline.scheduler
+
+    @property
+    def vae(self) -> nn.Module | None:
+        return getattr(self.pipeline, "vae", None)
+
+    @property
+    def text_encoders(self) -> tuple[nn.Module, ...]:
+        return tuple(getattr(self.pipeline, attr) for attr in self.spec.text_encoders)
+
+    @property
+    def tokenizers(self) -> tuple:
+        return tuple(getattr(self.pipeline, attr) for attr in self.spec.tokenizers)
+
+    @property
+    def tokenizer(self):
+        """The first tokenizer: the one whose token positions index the cross-attention context."""
+        return self.tokenizers[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def text_encoder_embeddings(self, encoder: int) -> nn.Module:
+        arch = TEXT_ENCODER_ARCHS[type(self.text_encoders[encoder]).__name__]
+        return self.text_encoders[encoder].get_submodule(arch.embeddings)
+
+    def cross_attention_layer(self, index: int) -> CrossAttentionLayer:
+        n = len(self.cross_attention_layers)
+        if not isinstance(index, int) or not -n <= index < n:
+            raise IndexError(f"cross-attention layer index {index!r} out of range: this model has {n} (0..{n - 1})")
+        return self.cross_attention_layers[index]
+
+
+def _to_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    valid = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in valid:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(valid)}")
+    return valid[dtype]
+
+
+_UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "watermarker")
+
+
+def load_model(
+    name_or_path: str,
+    family: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> Model:
+    """Load a diffusers pipeline from a hub id or a local diffusers directory and build its tables.
+
+    The family (`sd1, sd2, sdxl, if`) is detected from the pipeline's configs unless given. Safety checkers
+    and watermarkers are not loaded: the lab reads raw generations.
+    """
+    if family is not None:
+        get_family(family)
+    path = Path(name_or_path)
+    if path.exists() and not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"{path} is not a diffusers pipeline directory: it has no model_index.json")
+    index = DiffusionPipeline.load_config(name_or_path)
+    pipeline_class = getattr(diffusers, index["_class_name"], DiffusionPipeline)
+    skipped = {name: None for name in _UNUSED_COMPONENTS if name in index}
+    if "requires_safety_checker" in inspect.signature(pipeline_class.__init__).parameters:
+        skipped["requires_safety_checker"] = False
+    pipeline = pipeline_class.from_pretrained(name_or_path, torch_dtype=_to_dtype(dtype), **skipped)
+    if device is not None:
+        pipeline.to(device)
+    return Model.from_pipeline(pipeline, family)

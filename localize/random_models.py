@@ -1,0 +1,63 @@
+"""`random_model`: architecture-faithful random-weight pipelines built offline (see `architectures`)."""
+
+from __future__ import annotations
+
+import diffusers
+import torch
+import transformers
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from localize.architectures import architecture
+from localize.families import get_family
+from localize.model import Model, _to_dtype
+from localize.vocab import clip_tokenizer, t5_tokenizer
+
+_CONFIG_CLASSES = {"CLIPTextModel": "CLIPTextConfig", "CLIPTextModelWithProjection": "CLIPTextConfig",
+                   "T5EncoderModel": "T5Config"}
+_OPTIONAL_NONE = ("safety_checker", "feature_extractor", "watermarker", "image_encoder")
+
+
+def _tokenizer(kind: str):
+    return t5_tokenizer() if kind == "t5" else clip_tokenizer(pad_token=kind)
+
+
+def random_model(
+    family: str,
+    size: str = "tiny",
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    seed: int = 0,
+) -> Model:
+    """A `family` pipeline (`sd1, sd2, sdxl, if`) with seeded random weights and real offline tokenizers.
+
+    `size="full"` is the published architecture (build it on `device="meta"` to inspect layer tables without
+    memory); `size="tiny"` keeps its structure with small widths. The global RNG is left untouched.
+    """
+    spec = get_family(family)
+    arch = architecture(family, size)
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    build_device = target if target.type == "meta" else torch.device("cpu")
+    with torch.random.fork_rng(devices=[]), build_device:
+        torch.manual_seed(seed)
+        components = {"unet": UNet2DConditionModel(**arch.unet)}
+        if arch.vae is not None:
+            components["vae"] = AutoencoderKL(**arch.vae)
+        for attr, (cls_name, config) in zip(spec.text_encoders, arch.text_encoders, strict=True):
+            config_class = getattr(transformers, _CONFIG_CLASSES[cls_name])
+            components[attr] = getattr(transformers, cls_name)(config_class(**config))
+    for attr, kind in zip(spec.tokenizers, arch.tokenizers, strict=True):
+        components[attr] = _tokenizer(kind)
+    scheduler_name, scheduler_config = arch.scheduler
+    components["scheduler"] = getattr(diffusers, scheduler_name).from_config(scheduler_config)
+    init_args = spec.pipeline_class.__init__.__code__.co_varnames
+    components.update({name: None for name in _OPTIONAL_NONE if name in init_args})
+    if "requires_safety_checker" in init_args:
+        components["requires_safety_checker"] = False
+    components.update(arch.pipeline)
+    pipeline = spec.pipeline_class(**components)
+    for module in pipeline.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval()
+    if target.type != "meta":
+        pipeline.to(target, *([_to_dtype(dtype)] if dtype is not None else []))
+    return Model.from_pipeline(pipeline, family)
