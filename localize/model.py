@@ -123,7 +123,8 @@ def unet_execution_order(unet: UNet2DConditionModel) -> tuple[str, ...]:
     return _execution_order(json.dumps(dict(unet.config), sort_keys=True, default=list))
 
 
-def _block_of(name: str) -> str:
+def block_of(name: str) -> str:
+    """The UNet block a module belongs to: `down_blocks.N`, `mid_block` or `up_blocks.N`."""
     parts = name.split(".")
     return parts[0] if parts[0] == "mid_block" else ".".join(parts[:2])
 
@@ -169,7 +170,7 @@ class Model:
             cross_attention_layers=[CrossAttentionLayer(i, n, modules[n]) for i, n in enumerate(cross)],
             text_encoder_layers=text_layers,
             unet_components=[
-                UNetComponent(i, n, kind, _block_of(n), modules[n]) for i, (n, kind) in enumerate(components)
+                UNetComponent(i, n, kind, block_of(n), modules[n]) for i, (n, kind) in enumerate(components)
             ],
         )
 

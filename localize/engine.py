@@ -1,0 +1,121 @@
+"""The intervention engine: install a list of patches as hooks for the duration of a `with` block.
+
+Every site is resolved and every patch checked against the batch before any hook is registered; every
+hook is removed on exit, exceptions included, so outputs after the block are bit-identical to before.
+Patches on the same module apply in list order. See `localize.patches` for the batch convention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+
+from localize.model import Model
+from localize.patches import Patch
+from localize.sites import Site, resolve_site
+
+
+class PatchRun:
+    """Live state the hooks read: the batch layout and the current denoising step.
+
+    `halves` names the CFG halves of the batch the next forward sees, in order: `("uncond", "cond")` for
+    a guided UNet call, `("cond",)` for encoding prompts (the default), `("uncond",)` for the empty prompts.
+    `step` is the index of the current denoising step (None outside a denoising loop).
+    """
+
+    def __init__(self, rows: int | None):
+        self.rows = rows
+        self.halves: tuple[str, ...] = ("cond",)
+        self.step: int | None = None
+
+    def apply(self, site: Site, patches: Sequence[Patch], x: torch.Tensor) -> torch.Tensor:
+        n_halves = len(self.halves)
+        rows = self.rows if self.rows is not None else x.shape[0] // n_halves
+        if x.shape[0] != rows * n_halves:
+            raise RuntimeError(
+                f"site {site.name!r} saw a batch of {x.shape[0]} rows, expected {rows} prompt rows x "
+                f"{n_halves} CFG halves {self.halves}"
+            )
+        out = None
+        for patch in patches:
+            if not site.in_text_encoder and not patch.active_at(self.step):
+                continue
+            prompt_rows = list(patch.rows) if patch.rows is not None else list(range(rows))
+            for h, half in enumerate(self.halves):
+                if patch.branch not in ("both", half):
+                    continue
+                out = x.clone() if out is None else out
+                offset = h * rows
+                index = torch.tensor([offset + r for r in prompt_rows], device=x.device)
+                current = out[index]
+                sources = out[torch.tensor([offset + r for r in patch.source_rows], device=x.device)]
+                new = patch.new_values(current, sources)
+                mask = patch.selection_mask(current.shape[1:], site.text_axis, x.device)
+                out[index] = new if mask is None else torch.where(mask, new, current)
+        return x if out is None else out
+
+
+def _check(patch: Patch, site: Site, model: Model, rows: int | None, steps: int | None) -> None:
+    if rows is not None:
+        for what, indices in (("rows", patch.rows), ("source_rows", patch.source_rows)):
+            if indices is not None and max(indices) >= rows:
+                raise IndexError(f"patch on {site.name!r}: {what} {list(indices)} beyond the batch of {rows} rows")
+    if patch.steps is not None:
+        if site.in_text_encoder:
+            raise ValueError(f"patch on {site.name!r}: text-encoder sites run once, before denoising; "
+                             "a step range does not apply")
+        if steps is not None and patch.steps[1] > steps:
+            raise ValueError(f"patch on {site.name!r}: step range {patch.steps} outside the schedule's "
+                             f"{steps} steps (0..{steps})")
+    if patch.tokens is not None:
+        if not site.text_axis:
+            raise ValueError(f"patch on {site.name!r}: token positions apply to text-axis sites only "
+                             "(text_encoder.*, cross_attn.K.context/to_k/to_v)")
+        length = model.tokenizer.model_max_length
+        if max(patch.tokens) >= length:
+            raise IndexError(f"patch on {site.name!r}: token {max(patch.tokens)} beyond the {length} positions")
+
+
+@contextmanager
+def patching(
+    model: Model, patches: Sequence[Patch], rows: int | None = None, steps: int | None = None
+) -> Iterator[PatchRun]:
+    """Install `patches` on `model` for the block; yields the `PatchRun` whose layout the caller sets.
+
+    `rows` (prompt rows per batch) and `steps` (denoising steps) are checked against the patches up front.
+    """
+    resolved = [(patch, resolve_site(model, patch.site)) for patch in patches]
+    for patch, site in resolved:
+        _check(patch, site, model, rows, steps)
+    groups: dict[tuple[int, str], tuple[Site, list[Patch]]] = {}
+    for patch, site in resolved:
+        groups.setdefault((id(site.module), site.hook), (site, []))[1].append(patch)
+    run = PatchRun(rows)
+    handles = []
+    try:
+        for site, site_patches in groups.values():
+            handles.append(_register(run, site, site_patches))
+        yield run
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _register(run: PatchRun, site: Site, patches: list[Patch]):
+    if site.hook == "context":
+        def context_hook(module, args, kwargs):
+            states = kwargs.get("encoder_hidden_states")
+            if states is None:
+                raise RuntimeError(f"site {site.name!r}: the layer was called without encoder_hidden_states")
+            return args, {**kwargs, "encoder_hidden_states": run.apply(site, patches, states)}
+
+        return site.module.register_forward_pre_hook(context_hook, with_kwargs=True)
+
+    def output_hook(module, args, output):
+        if isinstance(output, tuple):
+            return (run.apply(site, patches, output[0]), *output[1:])
+        return run.apply(site, patches, output)
+
+    return site.module.register_forward_hook(output_hook)

@@ -1,0 +1,120 @@
+"""`generate`: the seeded, batched denoising loop, with patches active.
+
+It follows the diffusers pipelines' own loops step for step (with no patch it reproduces the pipeline's
+output for the same prompts and seeds), but owns the batch so each prompt row can carry different patches.
+Seeds: row i's initial noise (and a stochastic scheduler's noise) comes from a CPU `torch.Generator` seeded
+with `seeds[i]`, so a row's image depends only on its prompt, seed and patches, not on the rest of the batch
+or on the device.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from tqdm.auto import tqdm
+
+from localize.engine import patching
+from localize.model import Model
+from localize.patches import Patch
+
+
+def _concat(first, second):
+    """Concatenate two conditionings (nested dicts of batch-first tensors) along the batch."""
+    if isinstance(first, dict):
+        return {key: _concat(first[key], second[key]) for key in first}
+    return torch.cat([first, second])
+
+
+def image_size(model: Model, height: int | None, width: int | None) -> tuple[int, int]:
+    """Pixel size: the UNet's native sample size (times the VAE's downscaling) unless given."""
+    scale = model.pipeline.vae_scale_factor if model.vae is not None else 1
+    native = model.unet.config.sample_size * scale
+    return height or native, width or native
+
+
+@torch.no_grad()
+def generate(
+    model: Model,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    steps: int = 25,
+    guidance: float = 7.5,
+    patches: Sequence[Patch] = (),
+    scheduler=None,
+    height: int | None = None,
+    width: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Images for `prompts[i]` with `seeds[i]`: a float tensor in [0, 1], N x C x H x W, on the model's device.
+
+    `guidance` > 1 runs classifier-free guidance (the unconditional half uses the empty prompt). `scheduler`
+    is any diffusers scheduler (its config is used; the model's by default). Patch rows are prompt rows.
+    """
+    prompts, seeds = list(prompts), list(seeds)
+    if not prompts or len(prompts) != len(seeds):
+        raise ValueError(f"need one seed per prompt and at least one prompt; got {len(prompts)} prompts and "
+                         f"{len(seeds)} seeds")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    n = len(prompts)
+    size = image_size(model, height, width)
+    device, dtype = model.device, model.dtype
+    scheduler = type(scheduler or model.scheduler).from_config((scheduler or model.scheduler).config)
+    scheduler.set_timesteps(steps, device=device)
+    cfg = guidance > 1.0
+    generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+    spec = model.spec
+
+    with patching(model, patches, rows=n, steps=len(scheduler.timesteps)) as run:
+        conditioning = spec.encode(model.pipeline, prompts, size)
+        if cfg:
+            run.halves = ("uncond",)
+            conditioning = _concat(spec.unconditional(model.pipeline, n, size), conditioning)
+        run.halves = ("uncond", "cond") if cfg else ("cond",)
+
+        scale = model.pipeline.vae_scale_factor if model.vae is not None else 1
+        shape = (n, model.unet.config.in_channels, size[0] // scale, size[1] // scale)
+        latents = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
+        latents = latents * scheduler.init_noise_sigma
+        step_kwargs = {"generator": generators} if "generator" in _step_parameters(scheduler) else {}
+        channels = latents.shape[1]
+        for i, t in enumerate(tqdm(scheduler.timesteps, desc="denoising", disable=not progress, leave=False)):
+            run.step = i
+            model_input = torch.cat([latents] * 2) if cfg else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            prediction = model.unet(model_input, t, **conditioning, return_dict=False)[0]
+            if cfg:
+                uncond, cond = prediction.chunk(2)
+                guided = uncond[:, :channels] + guidance * (cond[:, :channels] - uncond[:, :channels])
+                prediction = torch.cat([guided, cond[:, channels:]], dim=1)  # IF's learned variance: cond half
+            if prediction.shape[1] > channels and scheduler.config.get("variance_type") not in (
+                "learned", "learned_range"
+            ):
+                prediction = prediction[:, :channels]
+            latents = scheduler.step(prediction, t, latents, **step_kwargs, return_dict=False)[0]
+    return decode(model, latents)
+
+
+def _step_parameters(scheduler) -> set[str]:
+    return set(inspect.signature(scheduler.step).parameters)
+
+
+def decode(model: Model, latents: torch.Tensor) -> torch.Tensor:
+    """Latents (or pixel-space samples) to images in [0, 1], as the pipelines' `output_type="pt"` does."""
+    vae = model.vae
+    if vae is None:
+        images = latents
+    else:
+        upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
+        decode_dtype = torch.float32 if upcast else vae.dtype
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            images = vae.decode(latents.to(decode_dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+    return (images.float() / 2 + 0.5).clamp(0, 1)

@@ -1,0 +1,112 @@
+"""Stable string addresses of the activations the intervention engine can read and write.
+
+Grammar (indices 0-based; cross-attention and text layers in execution order, see `localize layers`):
+
+- `text_encoder.E.embeddings`               token embeddings of text encoder E
+- `text_encoder.E.layers.L`                 output of layer L of encoder E (the residual stream)
+- `text_encoder.E.layers.L.self_attn`       its self-attention output (before the residual add)
+- `text_encoder.E.layers.L.mlp`             its MLP output (before the residual add)
+- `cross_attn.K.context`                    the text conditioning cross-attention layer K receives
+- `cross_attn.K.to_k` / `cross_attn.K.to_v` the text-side key / value projections' outputs (IF: add_k/add_v)
+- `cross_attn.K`                            the cross-attention layer's output
+- `unet.PATH`                               the output of any UNet module, e.g. `unet.up_blocks.1.resnets.0`
+
+Per-row tensors: text-axis sites are [tokens, features]; UNet sites are [positions, channels] (transformer
+blocks) or [channels, height, width] (convolutions, IF attention).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from torch import nn
+
+from localize.model import Model
+
+SITE_PATTERNS = (
+    "text_encoder.E.embeddings",
+    "text_encoder.E.layers.L[.self_attn|.mlp]",
+    "cross_attn.K[.context|.to_k|.to_v]",
+    "unet.<module path>",
+)
+
+
+@dataclass(frozen=True)
+class Site:
+    """A resolved address. `hook`: `output` (the module's output) or `context` (its encoder_hidden_states input).
+
+    `text_axis`: per-row tensors are [tokens, features]. `in_text_encoder`: computed once per prompt batch,
+    before denoising, so a denoising-step range does not apply.
+    """
+
+    name: str
+    module: nn.Module
+    hook: str
+    text_axis: bool
+    in_text_encoder: bool
+
+
+def _index(part: str, n: int, what: str, site: str) -> int:
+    if not part.isdigit():
+        raise ValueError(f"site {site!r}: {what} index {part!r} is not a non-negative integer")
+    if int(part) >= n:
+        raise IndexError(f"site {site!r}: {what} index {part} out of range: the model has {n} (0..{n - 1})")
+    return int(part)
+
+
+def _unknown(model: Model, name: str) -> ValueError:
+    close = difflib.get_close_matches(name, list(all_site_names(model)), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ValueError(f"unknown site {name!r}; valid sites: {', '.join(SITE_PATTERNS)}{hint}")
+
+
+def resolve_site(model: Model, name: str) -> Site:
+    """The module and hook behind a site address; a clear error for an address that does not exist."""
+    parts = name.split(".")
+    head = parts[0]
+    if head == "unet" and len(parts) > 1:
+        path = ".".join(parts[1:])
+        try:
+            module = model.unet.get_submodule(path)
+        except AttributeError:
+            raise _unknown(model, name) from None
+        return Site(name, module, "output", text_axis=False, in_text_encoder=False)
+    if head == "cross_attn" and len(parts) in (2, 3):
+        layer = model.cross_attention_layers[_index(parts[1], len(model.cross_attention_layers),
+                                                    "cross-attention layer", name)]
+        part = parts[2] if len(parts) == 3 else None
+        if part is None:
+            return Site(name, layer.module, "output", text_axis=False, in_text_encoder=False)
+        if part == "context":
+            return Site(name, layer.module, "context", text_axis=True, in_text_encoder=False)
+        if part in ("to_k", "to_v"):
+            module = layer.key if part == "to_k" else layer.value
+            return Site(name, module, "output", text_axis=True, in_text_encoder=False)
+    if head == "text_encoder" and len(parts) >= 3:
+        e = _index(parts[1], len(model.text_encoders), "text encoder", name)
+        if parts[2:] == ["embeddings"]:
+            return Site(name, model.text_encoder_embeddings(e), "output", text_axis=True, in_text_encoder=True)
+        layers = [layer for layer in model.text_encoder_layers if layer.encoder == e]
+        if parts[2] == "layers" and len(parts) in (4, 5):
+            layer = layers[_index(parts[3], len(layers), f"text encoder {e} layer", name)]
+            part = parts[4] if len(parts) == 5 else None
+            module = {None: layer.module, "self_attn": layer.self_attn, "mlp": layer.mlp}.get(part)
+            if module is not None:
+                return Site(name, module, "output", text_axis=True, in_text_encoder=True)
+    raise _unknown(model, name)
+
+
+def all_site_names(model: Model) -> list[str]:
+    """Every valid address of this model (UNet modules included), for listings and suggestions."""
+    names = []
+    for e in range(len(model.text_encoders)):
+        names.append(f"text_encoder.{e}.embeddings")
+    for layer in model.text_encoder_layers:
+        base = f"text_encoder.{layer.encoder}.layers.{layer.index}"
+        names += [base, f"{base}.self_attn", f"{base}.mlp"]
+    for layer in model.cross_attention_layers:
+        base = f"cross_attn.{layer.index}"
+        names += [base, f"{base}.context", f"{base}.to_k", f"{base}.to_v"]
+    names += [f"unet.{path}" for path, _ in model.unet.named_modules() if path]
+    return names

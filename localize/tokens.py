@@ -1,0 +1,75 @@
+"""Token positions in encoded prompts, and TIME's source -> destination alignment.
+
+Positions index the padded sequence the text encoder sees (CLIP: 0 is `<|startoftext|>`; T5 has no start
+token), so they can be used directly as a patch's `tokens`.
+"""
+
+from __future__ import annotations
+
+
+def token_ids(tokenizer, prompt: str) -> list[int]:
+    """The prompt's ids with special tokens, unpadded; an error if it is longer than the encoder takes."""
+    ids = tokenizer(prompt, add_special_tokens=True).input_ids
+    limit = tokenizer.model_max_length
+    if len(ids) > limit:
+        raise ValueError(f"prompt {prompt!r} is {len(ids)} tokens long; the text encoder takes at most {limit}")
+    return ids
+
+
+def _phrase_ids(tokenizer, phrase: str) -> list[int]:
+    ids = tokenizer(phrase, add_special_tokens=False).input_ids
+    if not ids:
+        raise ValueError(f"phrase {phrase!r} has no tokens")
+    return ids
+
+
+def phrase_positions(tokenizer, prompt: str, phrase: str, occurrence: int = 0) -> list[int]:
+    """Positions of all tokens of `phrase` in `prompt` (its `occurrence`-th appearance, 0-based)."""
+    ids, needle = token_ids(tokenizer, prompt), _phrase_ids(tokenizer, phrase)
+    starts = [i for i in range(len(ids) - len(needle) + 1) if ids[i : i + len(needle)] == needle]
+    if occurrence >= len(starts):
+        found = f"{len(starts)} time(s)" if starts else "not at all"
+        raise ValueError(f"phrase {phrase!r} occurs {found} in prompt {prompt!r} (as whole tokens); "
+                         f"occurrence {occurrence} requested")
+    return list(range(starts[occurrence], starts[occurrence] + len(needle)))
+
+
+def last_subject_token(tokenizer, prompt: str, subject: str) -> int:
+    """Position of the last token of `subject`'s first appearance in `prompt`."""
+    return phrase_positions(tokenizer, prompt, subject)[-1]
+
+
+def eos_span(tokenizer, prompt: str) -> list[int]:
+    """Positions of the end-of-text token and all padding after it, up to the encoder's length."""
+    ids = token_ids(tokenizer, prompt)
+    return list(range(len(ids) - 1, tokenizer.model_max_length))
+
+
+def align_tokens(tokenizer, source: str, destination: str) -> list[int]:
+    """TIME's alignment: for each of the encoder's positions in `source`, the `destination` position it maps to.
+
+    The source's tokens (start and end tokens included) are matched in order to their first unused equal
+    token in the destination ("an" counts as "a"), so "a pack of roses" -> "a pack of blue roses" sends
+    "roses" to "roses" and skips "blue"; positions after the source's end map to consecutive destination
+    positions, clamped to the last one. Returns `model_max_length` destination positions.
+    """
+    length = tokenizer.model_max_length
+    article = tokenizer("a", add_special_tokens=False).input_ids
+    an = tokenizer("an", add_special_tokens=False).input_ids
+
+    def normalized(ids: list[int]) -> list[int]:
+        return [article[0] if [t] == an else t for t in ids]
+
+    src, dst = normalized(token_ids(tokenizer, source)), normalized(token_ids(tokenizer, destination))
+    mapping, j = [], 0
+    for token in src:
+        while j < len(dst) and dst[j] != token:
+            j += 1
+        if j == len(dst):
+            raise ValueError(f"cannot align source {source!r} to destination {destination!r}: token "
+                             f"{tokenizer.convert_ids_to_tokens(token)!r} has no match in order; the destination "
+                             "must contain the source's words in the same order")
+        mapping.append(j)
+        j += 1
+    mapping += [min(p, length - 1) for p in range(j, j + length - len(mapping))]
+    return mapping
