@@ -128,7 +128,7 @@ _TINY_OVERRIDES: dict[str, dict] = {
     "sdxl": {"unet": {"sample_size": 8, "block_out_channels": [32, 64, 64], "norm_num_groups": 8,
                       "attention_head_dim": [1, 2, 2], "cross_attention_dim": 64, "addition_time_embed_dim": 8,
                       "projection_class_embeddings_input_dim": 32 + 6 * 8},
-             "text_encoders": [_TINY_TEXT, _TINY_TEXT], "vae": {**_TINY_VAE}},
+             "text_encoders": [_TINY_TEXT, _TINY_TEXT], "vae": _TINY_VAE},
     "if": {"unet": {"sample_size": 16, "block_out_channels": [16, 32, 48, 64], "norm_num_groups": 8,
                     "attention_head_dim": 8, "cross_attention_dim": 64, "encoder_hid_dim": 32,
                     "addition_embed_type_num_heads": 4},
@@ -148,8 +148,9 @@ def architecture(family: str, size: str) -> Architecture:
     tiny = _TINY_OVERRIDES[family]
     return Architecture(
         unet={**full.unet, **tiny["unet"]},
-        text_encoders=tuple((cls, {**cfg, **small}) for (cls, cfg), small in zip(full.text_encoders,
-                                                                                 tiny["text_encoders"])),
+        text_encoders=tuple(
+            (cls, {**cfg, **small}) for (cls, cfg), small in zip(full.text_encoders, tiny["text_encoders"], strict=True)
+        ),
         tokenizers=full.tokenizers,
         scheduler=copy.deepcopy(full.scheduler),
         vae={**full.vae, **tiny["vae"]} if full.vae else None,

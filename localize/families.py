@@ -108,6 +108,7 @@ class Family:
     tokenizers: tuple[str, ...]
     encode: Callable[[DiffusionPipeline, list[str], tuple[int, int]], Conditioning]
     uncond: Callable[[DiffusionPipeline, int, tuple[int, int]], Conditioning] | None = None
+    max_tokens: int = 77  # the sequence length the pipelines encode (IF's is hard-coded in its pipeline too)
 
     def unconditional(self, pipeline: DiffusionPipeline, n: int, size: tuple[int, int]) -> Conditioning:
         if self.uncond is not None:

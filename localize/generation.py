@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from localize.engine import patching
 from localize.model import Model
 from localize.patches import Patch
+from localize.tokens import token_ids
 
 
 def _concat(first, second):
@@ -59,6 +60,9 @@ def generate(
                          f"{len(seeds)} seeds")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    for tokenizer in model.tokenizers:
+        for prompt in prompts:
+            token_ids(tokenizer, prompt, limit=model.spec.max_tokens)
     n = len(prompts)
     size = image_size(model, height, width)
     device, dtype = model.device, model.dtype

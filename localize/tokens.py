@@ -7,10 +7,13 @@ token), so they can be used directly as a patch's `tokens`.
 from __future__ import annotations
 
 
-def token_ids(tokenizer, prompt: str) -> list[int]:
-    """The prompt's ids with special tokens, unpadded; an error if it is longer than the encoder takes."""
-    ids = tokenizer(prompt, add_special_tokens=True).input_ids
-    limit = tokenizer.model_max_length
+def token_ids(tokenizer, prompt: str, limit: int | None = None) -> list[int]:
+    """The prompt's ids with special tokens, unpadded; an error if it is longer than the encoder takes.
+
+    `limit` defaults to the tokenizer's `model_max_length` (77 for every family's text encoder).
+    """
+    ids = tokenizer(prompt, add_special_tokens=True, verbose=False).input_ids
+    limit = limit or tokenizer.model_max_length
     if len(ids) > limit:
         raise ValueError(f"prompt {prompt!r} is {len(ids)} tokens long; the text encoder takes at most {limit}")
     return ids

@@ -3,7 +3,8 @@
 No hub is reachable, so tokenizers are built from files already on disk:
 
 - `clip_tokenizer(pad_token)` gives exactly `open_clip.tokenize`'s ids (up to the padding token: SD 1.x pads
-  with `<|endoftext|>`, SD 2.x and SD-XL's second tokenizer with `!`, id 0, which is open_clip's padding).
+  with `<|endoftext|>`, SD 2.x and SD-XL's second tokenizer with `!`, id 0, which is open_clip's padding;
+  as in the published SD 2.x tokenizer, that pad token is special, so a literal `!!` splits into two `!`).
 - `t5_tokenizer()` is a real `T5Tokenizer` (unigram model, T5's special ids: pad 0, eos 1, unk 2, 100
   sentinels) whose pieces come from the CLIP vocabulary, ranked by merge order. It is NOT DeepFloyd's
   32k SentencePiece vocabulary: ids differ from the published model, so it serves random models only.
@@ -12,8 +13,8 @@ No hub is reachable, so tokenizers are built from files already on disk:
 from __future__ import annotations
 
 import functools
-import math
 import gzip
+import math
 
 import open_clip
 from open_clip.tokenizer import bytes_to_unicode
@@ -51,7 +52,7 @@ def clip_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
 
 @functools.lru_cache(maxsize=1)
 def _t5_pieces() -> tuple[tuple[str, float], ...]:
-    """Unigram pieces: word-initial pieces get SentencePiece's `\u2581` prefix; score -log(rank + 2) from the merge rank."""
+    """Unigram pieces: word-initial pieces get SentencePiece's `\u2581` prefix; score -log(rank + 2) by merge rank."""
     vocab, _ = _clip_bpe()
     byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
     pieces: dict[str, float] = {}

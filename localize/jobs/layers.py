@@ -31,7 +31,7 @@ def run_layers(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     encoders = ", ".join(
         f"{attr} {type(enc).__name__} ({sum(1 for layer in model.text_encoder_layers if layer.encoder == e)} "
         f"layers, {_count(enc) / 1e6:.1f}M params)"
-        for e, (attr, enc) in enumerate(zip(model.spec.text_encoders, model.text_encoders))
+        for e, (attr, enc) in enumerate(zip(model.spec.text_encoders, model.text_encoders, strict=True))
     )
     print(f"{model.family}: UNet {_count(model.unet) / 1e6:.1f}M params, {len(table)} cross-attention layers "
           f"(0-based, execution order); text encoders: {encoders}")

@@ -1,0 +1,164 @@
+"""The intervention engine, checked against independent computations (edited weights, plain runs)."""
+
+import copy
+
+import pytest
+import torch
+
+from localize import Patch, generate, patching
+from localize.sites import all_site_names, resolve_site
+
+PROMPT = "a photo of a red rose"
+STEPS = 3
+
+
+def hook_count(model) -> int:
+    """Forward hooks on the model's modules. transformers installs output-recording hooks of its own on the
+    first call that asks for hidden states, so count after a first run and compare."""
+    modules = [m for component in (model.unet, *model.text_encoders) for m in component.modules()]
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in modules)
+
+
+def run(model, patches=(), prompts=(PROMPT,), seeds=(0,), **kwargs):
+    return generate(model, list(prompts), list(seeds), steps=STEPS, patches=patches, **kwargs)
+
+
+def test_hooks_never_outlive_the_context_even_on_exceptions(sd1):
+    before, hooks = run(sd1), hook_count(sd1)
+    patch = Patch("cross_attn.3.context", op="zero")
+    with pytest.raises(RuntimeError, match="boom"):
+        with patching(sd1, [patch, Patch("unet.mid_block", op="noise", std=3.0)]):
+            assert hook_count(sd1) == hooks + 2
+            raise RuntimeError("boom")
+    assert hook_count(sd1) == hooks
+    with pytest.raises(ValueError):
+        run(sd1, [Patch("text_encoder.0.embeddings", op="add", value=torch.ones(3))])  # fails inside a hook
+    assert hook_count(sd1) == hooks
+    assert torch.equal(run(sd1), before)
+
+
+def test_zeroing_value_neurons_equals_zeroing_their_weights(sd1):
+    layer = sd1.cross_attention_layers[4]
+    patched = run(sd1, [Patch("cross_attn.4.to_v", op="zero", neurons=[0, 3])])
+    edited = copy.deepcopy(sd1)
+    with torch.no_grad():
+        edited.cross_attention_layers[4].value.weight[[0, 3]] = 0
+    assert layer.value.weight[0].abs().sum() > 0  # the original is untouched
+    torch.testing.assert_close(patched, run(edited), rtol=0, atol=1e-6)
+
+
+def test_context_site_is_what_the_layer_sees(sd1):
+    """Giving every layer another prompt's conditioning (cond branch) generates that prompt."""
+    other = "a painting of a blue cat"
+    embedding = sd1.spec.encode(sd1.pipeline, [other], (64, 64))["encoder_hidden_states"][0]
+    patches = [Patch(f"cross_attn.{k}.context", value=embedding, branch="cond")
+               for k in range(len(sd1.cross_attention_layers))]
+    torch.testing.assert_close(run(sd1, patches), run(sd1, prompts=[other]), rtol=0, atol=1e-5)
+
+
+def test_token_selection_on_a_causal_encoder(sd1):
+    """CLIP's text encoder is causal: changing token 5's embedding leaves positions 0..4 untouched."""
+    encoder, tokenizer = sd1.text_encoders[0], sd1.tokenizer
+    ids = tokenizer([PROMPT], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        clean = encoder(ids)[0]
+        with patching(sd1, [Patch("text_encoder.0.embeddings", op="noise", tokens=[5], std=2.0)]):
+            noisy = encoder(ids)[0]
+    assert torch.equal(noisy[:, :5], clean[:, :5])
+    assert not torch.allclose(noisy[:, 5:], clean[:, 5:])
+
+
+def test_k_row_patches_in_one_batch_equal_k_separate_runs(sd1):
+    """Row 0 clean, rows 1..K each patched differently (ROME's convention): one batched call equals K calls."""
+    embeds = sd1.spec.encode(sd1.pipeline, ["a blue cat"], (64, 64))["encoder_hidden_states"][0]
+    corrupt = {"site": "text_encoder.0.embeddings", "op": "noise", "tokens": [4, 5], "std": 3.0, "seed": 7}
+    variants = [  # each: the patches of one configuration, placed on prompt row r
+        lambda r: [Patch(**corrupt, rows=[r])],
+        lambda r: [Patch("text_encoder.0.layers.0.self_attn", op="zero", tokens=[5], rows=[r])],
+        lambda r: [Patch("cross_attn.8.context", value=embeds, branch="cond", rows=[r])],
+        lambda r: [Patch("cross_attn.2.to_k", op="add", value=torch.full((32,), 0.5), steps=(1, 3), rows=[r])],
+        lambda r: [Patch("unet.up_blocks.1.resnets.0", op="zero", neurons=[1, 2], branch="uncond", rows=[r])],
+        lambda r: [Patch(**corrupt, rows=[r]), Patch("cross_attn.6", op="mean_ablate", source_rows=[0, r], rows=[r])],
+        lambda r: [Patch(**corrupt, rows=[r]),
+                   Patch("unet.down_blocks.1.attentions.0.transformer_blocks.0.ff", op="restore", rows=[r])],
+    ]
+    k = len(variants)
+    batched = run(sd1, [p for i, v in enumerate(variants) for p in v(i + 1)], prompts=[PROMPT] * (k + 1),
+                  seeds=[11] * (k + 1))
+    for i, variant in enumerate(variants):
+        alone = run(sd1, variant(1), prompts=[PROMPT] * 2, seeds=[11, 11])
+        torch.testing.assert_close(batched[[0, i + 1]], alone, rtol=0, atol=1e-5)
+        assert not torch.allclose(alone[1], alone[0])
+
+
+def test_restoring_a_state_in_every_row_from_row_0(sd1):
+    """Restoring the whole cross-attention context of every layer undoes a corruption of it."""
+    noise = [Patch(f"cross_attn.{k}.context", op="noise", std=2.0, rows=[1]) for k in range(16)]
+    restore = [Patch(f"cross_attn.{k}.context", op="restore", rows=[1]) for k in range(16)]
+    images = run(sd1, noise + restore, prompts=[PROMPT] * 2, seeds=[0, 0])
+    torch.testing.assert_close(images[1], images[0], rtol=0, atol=1e-6)
+    corrupted = run(sd1, noise, prompts=[PROMPT] * 2, seeds=[0, 0])
+    assert not torch.allclose(corrupted[1], corrupted[0])
+
+
+def test_branches_and_steps(sd1):
+    clean = run(sd1, guidance=1.0)
+    zero_uncond = Patch("cross_attn.3.context", op="zero", branch="uncond")
+    assert torch.equal(run(sd1, [zero_uncond], guidance=1.0), clean)  # no unconditional half without CFG
+    assert not torch.equal(run(sd1, [Patch("cross_attn.3.context", op="zero", branch="cond")], guidance=1.0), clean)
+    late = Patch("cross_attn.3.context", op="zero", steps=(STEPS - 1, STEPS))
+    early = Patch("cross_attn.3.context", op="zero", steps=(0, 1))
+    assert not torch.equal(run(sd1, [late]), run(sd1, [early]))
+
+
+@pytest.mark.parametrize("patch, error, message", [
+    (Patch("cross_attn.16.context", op="zero"), IndexError, "16 out of range: the model has 16"),
+    (Patch("cross_atn.3.context", op="zero"), ValueError, "unknown site 'cross_atn.3.context'; valid sites"),
+    (Patch("unet.down_blocks.9", op="zero"), ValueError, "unknown site"),
+    (Patch("cross_attn.3.context", op="zero", rows=[2]), IndexError, "beyond the batch of 1 rows"),
+    (Patch("unet.mid_block", op="zero", tokens=[1]), ValueError, "token positions apply to text-axis sites"),
+    (Patch("text_encoder.0.layers.0.mlp", op="zero", steps=(0, 1)), ValueError, "step range does not apply"),
+    (Patch("cross_attn.3.context", op="zero", steps=(0, 9)), ValueError, "outside the schedule"),
+    (Patch("text_encoder.0.layers.12", op="zero"), IndexError, "text encoder 0 layer index 12"),
+])
+def test_bad_patches_fail_before_any_hook(sd1, patch, error, message):
+    hooks = hook_count(sd1)
+    with pytest.raises(error, match=message):
+        run(sd1, [Patch("cross_attn.0.context", op="zero"), patch])
+    assert hook_count(sd1) == hooks
+
+
+def test_bad_patch_data():
+    with pytest.raises(ValueError, match="unknown patch operation 'erase'; valid: replace, add"):
+        Patch("cross_attn.0.context", op="erase")
+    with pytest.raises(ValueError, match="needs a value"):
+        Patch("cross_attn.0.context", op="replace")
+    with pytest.raises(ValueError, match="std must be > 0"):
+        Patch("cross_attn.0.context", op="noise", std=0.0)
+    with pytest.raises(ValueError, match="unknown CFG branch"):
+        Patch("cross_attn.0.context", op="zero", branch="negative")
+
+
+def test_every_listed_site_resolves(tiny_models):
+    for family in ("sdxl", "if"):
+        model = tiny_models(family)
+        names = all_site_names(model)
+        last_layer = len(model.cross_attention_layers) - 1
+        assert "text_encoder.0.layers.0.self_attn" in names and f"cross_attn.{last_layer}.to_v" in names
+        for name in names[:: max(1, len(names) // 200)]:
+            resolve_site(model, name)
+
+
+@pytest.mark.parametrize("family", ["sdxl", "if"])
+def test_patches_run_on_sdxl_and_if(tiny_models, family):
+    model = tiny_models(family)
+    clean = run(model)
+    hooks = hook_count(model)
+    last_encoder = len(model.text_encoders) - 1
+    patches = [Patch(f"text_encoder.{last_encoder}.layers.1.mlp", op="noise", std=2.0, rows=[1]),
+               Patch("cross_attn.5.to_v", op="zero", rows=[1]),
+               Patch(f"unet.{model.unet_components[3].name}", op="restore", rows=[1])]
+    images = run(model, patches, prompts=[PROMPT] * 2, seeds=[0, 0])
+    assert not torch.allclose(images[0], images[1])
+    torch.testing.assert_close(images[0], clean[0], rtol=0, atol=1e-5)
+    assert hook_count(model) == hooks
