@@ -25,7 +25,7 @@ def _index_tuple(value, what: str) -> tuple[int, ...] | None:
     return values
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: tensors in `value` do not compare as booleans
 class Patch:
     """One intervention on one site.
 
