@@ -30,16 +30,17 @@ class PatchRun:
         self.halves: tuple[str, ...] = ("cond",)
         self.step: int | None = None
 
-    def apply(self, site: Site, patches: Sequence[Patch], x: torch.Tensor) -> torch.Tensor:
+    def apply(self, entries: Sequence[tuple[Patch, Site]], x: torch.Tensor) -> torch.Tensor:
+        """`x` with the patches applied in order; each patch is read through its own site's axis conventions."""
         n_halves = len(self.halves)
         rows = self.rows if self.rows is not None else x.shape[0] // n_halves
         if x.shape[0] != rows * n_halves:
             raise RuntimeError(
-                f"site {site.name!r} saw a batch of {x.shape[0]} rows, expected {rows} prompt rows x "
+                f"site {entries[0][1].name!r} saw a batch of {x.shape[0]} rows, expected {rows} prompt rows x "
                 f"{n_halves} CFG halves {self.halves}"
             )
         out = None
-        for patch in patches:
+        for patch, site in entries:
             if not site.in_text_encoder and not patch.active_at(self.step):
                 continue
             prompt_rows = list(patch.rows) if patch.rows is not None else list(range(rows))
@@ -89,33 +90,35 @@ def patching(
     resolved = [(patch, resolve_site(model, patch.site)) for patch in patches]
     for patch, site in resolved:
         _check(patch, site, model, rows, steps)
-    groups: dict[tuple[int, str], tuple[Site, list[Patch]]] = {}
+    groups: dict[tuple[int, str], list[tuple[Patch, Site]]] = {}
     for patch, site in resolved:
-        groups.setdefault((id(site.module), site.hook), (site, []))[1].append(patch)
+        groups.setdefault((id(site.module), site.hook), []).append((patch, site))
     run = PatchRun(rows)
     handles = []
     try:
-        for site, site_patches in groups.values():
-            handles.append(_register(run, site, site_patches))
+        for entries in groups.values():
+            handles.append(_register(run, entries))
         yield run
     finally:
         for handle in handles:
             handle.remove()
 
 
-def _register(run: PatchRun, site: Site, patches: list[Patch]):
+def _register(run: PatchRun, entries: list[tuple[Patch, Site]]):
+    """One hook per (module, hook kind) running all its patches in list order."""
+    site = entries[0][1]
     if site.hook == "context":
         def context_hook(module, args, kwargs):
             states = kwargs.get("encoder_hidden_states")
             if states is None:
                 raise RuntimeError(f"site {site.name!r}: the layer was called without encoder_hidden_states")
-            return args, {**kwargs, "encoder_hidden_states": run.apply(site, patches, states)}
+            return args, {**kwargs, "encoder_hidden_states": run.apply(entries, states)}
 
         return site.module.register_forward_pre_hook(context_hook, with_kwargs=True)
 
     def output_hook(module, args, output):
         if isinstance(output, tuple):
-            return (run.apply(site, patches, output[0]), *output[1:])
-        return run.apply(site, patches, output)
+            return (run.apply(entries, output[0]), *output[1:])
+        return run.apply(entries, output)
 
     return site.module.register_forward_hook(output_hook)

@@ -162,3 +162,15 @@ def test_patches_run_on_sdxl_and_if(tiny_models, family):
     assert not torch.allclose(images[0], images[1])
     torch.testing.assert_close(images[0], clean[0], rtol=0, atol=1e-5)
     assert hook_count(model) == hooks
+
+
+def test_two_addresses_of_one_module_keep_their_own_axes(sd1):
+    """`cross_attn.2.to_k` (a text-axis site) and the same module as a plain UNet site, in one hook."""
+    layer = sd1.cross_attention_layers[2]
+    both = [Patch("cross_attn.2.to_k", op="zero", tokens=[1, 2]), Patch(f"unet.{layer.name}.to_k", op="zero",
+                                                                        neurons=[0])]
+    edited = copy.deepcopy(sd1)
+    with torch.no_grad():
+        edited.cross_attention_layers[2].key.weight[0] = 0
+    expected = run(edited, [Patch("cross_attn.2.to_k", op="zero", tokens=[1, 2])])
+    torch.testing.assert_close(run(sd1, both), expected, rtol=0, atol=1e-6)

@@ -45,3 +45,12 @@ def test_bad_arguments(sd1):
         generate(sd1, PROMPTS, [0])
     with pytest.raises(ValueError, match="at most 77"):
         generate(sd1, ["rose " * 80], [0], steps=1)
+
+
+def test_half_precision_models_generate():
+    from localize import random_model
+
+    model = random_model("sd1", "tiny", dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    images = generate(model, PROMPTS, [0, 1], steps=2)
+    assert images.dtype == torch.float32 and torch.isfinite(images).all()
