@@ -222,7 +222,8 @@ class Model:
         return self.cross_attention_layers[index]
 
 
-def _to_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """A torch dtype from its name (`float32`, `fp16`, `bf16`, ...); None stays None."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     valid = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -235,6 +236,15 @@ def _to_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 _UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "watermarker")
 
 
+def unused_components(pipeline_class: type, present) -> dict:
+    """Keyword arguments that leave out the safety checker, feature extractor and watermarker among `present`
+    component names: the lab reads raw generations."""
+    kwargs = {name: None for name in _UNUSED_COMPONENTS if name in present}
+    if "requires_safety_checker" in inspect.signature(pipeline_class.__init__).parameters:
+        kwargs["requires_safety_checker"] = False
+    return kwargs
+
+
 def load_model(
     name_or_path: str,
     family: str | None = None,
@@ -244,7 +254,7 @@ def load_model(
     """Load a diffusers pipeline from a hub id or a local diffusers directory and build its tables.
 
     The family (`sd1, sd2, sdxl, if`) is detected from the pipeline's configs unless given. Safety checkers
-    and watermarkers are not loaded: the lab reads raw generations.
+    and watermarkers are not loaded.
     """
     if family is not None:
         get_family(family)
@@ -253,10 +263,8 @@ def load_model(
         raise FileNotFoundError(f"{path} is not a diffusers pipeline directory: it has no model_index.json")
     index = DiffusionPipeline.load_config(name_or_path)
     pipeline_class = getattr(diffusers, index["_class_name"], DiffusionPipeline)
-    skipped = {name: None for name in _UNUSED_COMPONENTS if name in index}
-    if "requires_safety_checker" in inspect.signature(pipeline_class.__init__).parameters:
-        skipped["requires_safety_checker"] = False
-    pipeline = pipeline_class.from_pretrained(name_or_path, torch_dtype=_to_dtype(dtype), **skipped)
+    skipped = unused_components(pipeline_class, index)
+    pipeline = pipeline_class.from_pretrained(name_or_path, torch_dtype=parse_dtype(dtype), **skipped)
     if device is not None:
         pipeline.to(device)
     return Model.from_pipeline(pipeline, family)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import diffusers
 import torch
 import transformers
@@ -9,12 +11,11 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from localize.architectures import architecture
 from localize.families import get_family
-from localize.model import Model, _to_dtype
+from localize.model import Model, parse_dtype, unused_components
 from localize.vocab import clip_tokenizer, t5_tokenizer
 
 _CONFIG_CLASSES = {"CLIPTextModel": "CLIPTextConfig", "CLIPTextModelWithProjection": "CLIPTextConfig",
                    "T5EncoderModel": "T5Config"}
-_OPTIONAL_NONE = ("safety_checker", "feature_extractor", "watermarker", "image_encoder")
 
 
 def _tokenizer(kind: str):
@@ -49,15 +50,13 @@ def random_model(
         components[attr] = _tokenizer(kind)
     scheduler_name, scheduler_config = arch.scheduler
     components["scheduler"] = getattr(diffusers, scheduler_name).from_config(scheduler_config)
-    init_args = spec.pipeline_class.__init__.__code__.co_varnames
-    components.update({name: None for name in _OPTIONAL_NONE if name in init_args})
-    if "requires_safety_checker" in init_args:
-        components["requires_safety_checker"] = False
+    init_args = inspect.signature(spec.pipeline_class.__init__).parameters
+    components.update(unused_components(spec.pipeline_class, init_args))
     components.update(arch.pipeline)
     pipeline = spec.pipeline_class(**components)
     for module in pipeline.components.values():
         if isinstance(module, torch.nn.Module):
             module.eval()
     if target.type != "meta":
-        pipeline.to(target, *([_to_dtype(dtype)] if dtype is not None else []))
+        pipeline.to(target, *([parse_dtype(dtype)] if dtype is not None else []))
     return Model.from_pipeline(pipeline, family)
