@@ -29,10 +29,14 @@ def _concat(first, second):
     return torch.cat([first, second])
 
 
+def vae_scale(model: Model) -> int:
+    """Pixels per latent position: the VAE's downscaling, 1 for pixel-space models (IF)."""
+    return model.pipeline.vae_scale_factor if model.vae is not None else 1
+
+
 def image_size(model: Model, height: int | None, width: int | None) -> tuple[int, int]:
     """Pixel size: the UNet's native sample size (times the VAE's downscaling) unless given."""
-    scale = model.pipeline.vae_scale_factor if model.vae is not None else 1
-    native = model.unet.config.sample_size * scale
+    native = model.unet.config.sample_size * vae_scale(model)
     return height or native, width or native
 
 
@@ -79,7 +83,7 @@ def generate(
             conditioning = _concat(spec.unconditional(model.pipeline, n, size), conditioning)
         run.halves = ("uncond", "cond") if cfg else ("cond",)
 
-        scale = model.pipeline.vae_scale_factor if model.vae is not None else 1
+        scale = vae_scale(model)
         shape = (n, model.unet.config.in_channels, size[0] // scale, size[1] // scale)
         latents = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
         latents = latents * scheduler.init_noise_sigma
