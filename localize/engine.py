@@ -74,7 +74,7 @@ def _check(patch: Patch, site: Site, model: Model, rows: int | None, steps: int 
         if not site.text_axis:
             raise ValueError(f"patch on {site.name!r}: token positions apply to text-axis sites only "
                              "(text_encoder.*, cross_attn.K.context/to_k/to_v)")
-        length = model.tokenizer.model_max_length
+        length = model.spec.max_tokens
         if max(patch.tokens) >= length:
             raise IndexError(f"patch on {site.name!r}: token {max(patch.tokens)} beyond the {length} positions")
 

@@ -70,7 +70,8 @@ def generate(
     n = len(prompts)
     size = image_size(model, height, width)
     device, dtype = model.device, model.dtype
-    scheduler = type(scheduler or model.scheduler).from_config((scheduler or model.scheduler).config)
+    base = scheduler or model.scheduler
+    scheduler = type(base).from_config(base.config)
     scheduler.set_timesteps(steps, device=device)
     cfg = guidance > 1.0
     generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
