@@ -1,9 +1,10 @@
 """Published component configs of each family, and their tiny counterparts, for `random_model`.
 
 `FULL` holds the architecture values of the published `config.json` files (SD 1.5, SD 2.1, SD-XL base 1.0,
-DeepFloyd IF-I-XL v1.0). `TINY` keeps every structural choice of the full model (block types, layers per
-block, transformer depth, text-encoder layer count, so layer indices mean the same thing) and shrinks only
-widths and the sample size, so a tiny model runs in milliseconds on a CPU.
+DeepFloyd IF-I-XL v1.0) and the shipped organism's (`localize.organism`: a 16x16 pixel-space SD 1.x). `TINY`
+keeps every structural choice of the full model (block types, layers per block, transformer depth,
+text-encoder layer count, so layer indices mean the same thing) and shrinks only widths and the sample size,
+so a tiny model runs in milliseconds on a CPU.
 """
 
 from __future__ import annotations
@@ -116,6 +117,21 @@ FULL: dict[str, Architecture] = {
             "variance_type": "learned_range", "clip_sample": True, "clip_sample_range": 1.0, "thresholding": True,
             "dynamic_thresholding_ratio": 0.95, "sample_max_value": 1.5}),
     ),
+    "organism": Architecture(
+        unet={"sample_size": 16, "in_channels": 3, "out_channels": 3, "act_fn": "silu", "attention_head_dim": 4,
+              "block_out_channels": [32, 64, 64], "cross_attention_dim": 64, "layers_per_block": 1,
+              "down_block_types": ["CrossAttnDownBlock2D"] * 3, "up_block_types": ["CrossAttnUpBlock2D"] * 3,
+              "flip_sin_to_cos": True, "freq_shift": 0, "norm_num_groups": 8, "norm_eps": 1e-5},
+        text_encoders=(("CLIPTextModel", {
+            **_CLIP_L_TEXT, "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 4,
+            "num_attention_heads": 4, "projection_dim": 64, "bos_token_id": 49406, "eos_token_id": 49407,
+            "pad_token_id": 49407}),),
+        tokenizers=("<|endoftext|>",),
+        scheduler=("DDIMScheduler", {
+            "num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction",
+            "clip_sample": True, "clip_sample_range": 1.0, "set_alpha_to_one": True, "steps_offset": 0,
+            "timestep_spacing": "trailing"}),
+    ),
 }
 
 _TINY_OVERRIDES: dict[str, dict] = {
@@ -133,6 +149,9 @@ _TINY_OVERRIDES: dict[str, dict] = {
                     "attention_head_dim": 8, "cross_attention_dim": 64, "encoder_hid_dim": 32,
                     "addition_embed_type_num_heads": 4},
            "text_encoders": [{"d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 4}]},
+    "organism": {"unet": {"sample_size": 8, "block_out_channels": [16, 16, 32], "cross_attention_dim": 32,
+                          "attention_head_dim": 2},
+                 "text_encoders": [_TINY_TEXT]},
 }
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from diffusers import DiffusionPipeline, IFPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+from localize.organism.pipeline import OrganismPipeline
+
 Conditioning = dict  # keyword arguments of `UNet2DConditionModel.forward` besides sample and timestep
 
 
@@ -93,6 +95,10 @@ def _encode_if(pipeline: IFPipeline, prompts: list[str], size: tuple[int, int]) 
     return {"encoder_hidden_states": embeds}
 
 
+def _encode_organism(pipeline: OrganismPipeline, prompts: list[str], size: tuple[int, int]) -> Conditioning:
+    return {"encoder_hidden_states": pipeline.encode_prompt(prompts, pipeline.unet.device)}
+
+
 @dataclass(frozen=True)
 class Family:
     """One model family.
@@ -125,6 +131,8 @@ FAMILIES: dict[str, Family] = {
         Family("sdxl", "Stable Diffusion XL", StableDiffusionXLPipeline, ("text_encoder", "text_encoder_2"),
                ("tokenizer", "tokenizer_2"), _encode_sdxl, _uncond_sdxl),
         Family("if", "DeepFloyd IF stage I", IFPipeline, ("text_encoder",), ("tokenizer",), _encode_if),
+        Family("organism", "the embedded model organism (16x16 pixel space, see localize.organism)",
+               OrganismPipeline, ("text_encoder",), ("tokenizer",), _encode_organism),
     )
 }
 

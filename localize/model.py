@@ -245,19 +245,27 @@ def unused_components(pipeline_class: type, present) -> dict:
     return kwargs
 
 
+ORGANISM = "organism"  # the name `load_model` gives the embedded model organism
+
+
 def load_model(
     name_or_path: str,
     family: str | None = None,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
 ) -> Model:
-    """Load a diffusers pipeline from a hub id or a local diffusers directory and build its tables.
+    """Load a diffusers pipeline from a hub id or a local diffusers directory and build its tables;
+    `"organism"` loads the embedded model organism shipped in the package (no network).
 
-    The family (`sd1, sd2, sdxl, if`) is detected from the pipeline's configs unless given. Safety checkers
-    and watermarkers are not loaded.
+    The family (`sd1, sd2, sdxl, if, organism`) is detected from the pipeline's configs unless given. Safety
+    checkers and watermarkers are not loaded.
     """
     if family is not None:
         get_family(family)
+    if name_or_path == ORGANISM:
+        from localize.organism.weights import organism_pipeline
+
+        return _placed(organism_pipeline(), device, dtype, family or ORGANISM)
     path = Path(name_or_path)
     if path.exists() and not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"{path} is not a diffusers pipeline directory: it has no model_index.json")
@@ -265,6 +273,11 @@ def load_model(
     pipeline_class = getattr(diffusers, index["_class_name"], DiffusionPipeline)
     skipped = unused_components(pipeline_class, index)
     pipeline = pipeline_class.from_pretrained(name_or_path, torch_dtype=parse_dtype(dtype), **skipped)
-    if device is not None:
-        pipeline.to(device)
+    return _placed(pipeline, device, None, family)
+
+
+def _placed(pipeline: DiffusionPipeline, device, dtype, family: str | None) -> Model:
+    if device is not None or dtype is not None:
+        pipeline.to(*([torch.device(device)] if device is not None else []),
+                    *([parse_dtype(dtype)] if dtype is not None else []))
     return Model.from_pipeline(pipeline, family)

@@ -29,7 +29,7 @@ def random_model(
     dtype: str | torch.dtype | None = None,
     seed: int = 0,
 ) -> Model:
-    """A `family` pipeline (`sd1, sd2, sdxl, if`) with seeded random weights and real offline tokenizers.
+    """A `family` pipeline (`sd1, sd2, sdxl, if, organism`) with seeded random weights and real offline tokenizers.
 
     `size="full"` is the published architecture (build it on `device="meta"` to inspect layer tables without
     memory); `size="tiny"` keeps its structure with small widths. The global RNG is left untouched.

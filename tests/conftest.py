@@ -4,7 +4,7 @@ import pytest
 
 from localize import random_model
 
-FAMILIES = ("sd1", "sd2", "sdxl", "if")
+FAMILIES = ("sd1", "sd2", "sdxl", "if", "organism")
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import torch
 from localize import load_model, random_model
 from localize.families import detect_family
 from localize.vocab import clip_tokenizer, t5_tokenizer
+from tests.conftest import FAMILIES
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def test_unet_components_in_execution_order(tiny_models):
     assert names.index("mid_block.resnets.1") < names.index("up_blocks.0.resnets.0")
 
 
-@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl", "if"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_family_detected_from_pipeline(tiny_models, family):
     assert detect_family(tiny_models(family).pipeline) == family
 

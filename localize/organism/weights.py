@@ -1,0 +1,87 @@
+"""The shipped organism: its weight files (float16 safetensors in `weights/`) and how they load.
+
+Files: `organism.json` (UNet, text-encoder and scheduler configs), `unet.safetensors`,
+`text_encoder.safetensors`, and the CLIP scorer's `scorer.safetensors` with its open_clip model config
+`organism-clip.json` (registered with open_clip under that name). `scripts/train_organism.py` writes them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import diffusers
+import open_clip
+import torch
+from diffusers import UNet2DConditionModel
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from localize.organism.pipeline import OrganismPipeline
+from localize.vocab import clip_tokenizer
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+CONFIG_FILE, UNET_FILE, TEXT_ENCODER_FILE = "organism.json", "unet.safetensors", "text_encoder.safetensors"
+SCORER_NAME, SCORER_FILE = "organism-clip", "scorer.safetensors"
+SCORER_CONFIG_FILE = f"{SCORER_NAME}.json"  # open_clip names a registered config after its file
+_RETRAIN = "reinstall localize-lab or retrain it with `python scripts/train_organism.py`"
+
+
+class OrganismWeightsError(RuntimeError):
+    """A weight or config file of the organism is missing, unreadable or does not fit its model."""
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise OrganismWeightsError(f"the organism's file {path} is missing; {_RETRAIN}")
+    return path
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(_existing(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise OrganismWeightsError(f"the organism's weights file {path} is corrupted ({err}); {_RETRAIN}") from err
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(_existing(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise OrganismWeightsError(f"the organism's config file {path} is corrupted ({err}); {_RETRAIN}") from err
+
+
+def _load_into(module: torch.nn.Module, path: Path) -> None:
+    try:
+        module.load_state_dict(read_tensors(path))
+    except RuntimeError as err:
+        raise OrganismWeightsError(f"{path} does not fit the organism's config ({err}); {_RETRAIN}") from err
+
+
+def organism_pipeline(weights_dir: Path = WEIGHTS_DIR) -> OrganismPipeline:
+    """The trained organism as a float32 CPU `OrganismPipeline`."""
+    weights_dir = Path(weights_dir)
+    config = read_json(weights_dir / CONFIG_FILE)
+    unet = UNet2DConditionModel.from_config(config["unet"])
+    _load_into(unet, weights_dir / UNET_FILE)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**config["text_encoder"]))
+    _load_into(text_encoder, weights_dir / TEXT_ENCODER_FILE)
+    scheduler_config = dict(config["scheduler"])
+    scheduler = getattr(diffusers, scheduler_config.pop("_class_name")).from_config(scheduler_config)
+    pipeline = OrganismPipeline(unet=unet.eval(), scheduler=scheduler, text_encoder=text_encoder.eval(),
+                                tokenizer=clip_tokenizer())
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def register_scorer_config(weights_dir: Path = WEIGHTS_DIR) -> None:
+    """Make `organism-clip` an open_clip model name."""
+    open_clip.add_model_config(_existing(Path(weights_dir) / SCORER_CONFIG_FILE))
+
+
+def scorer_checkpoint(weights_dir: Path = WEIGHTS_DIR) -> Path:
+    """The scorer's weights file, checked readable (open_clip's own error would not name it)."""
+    path = Path(weights_dir) / SCORER_FILE
+    read_tensors(path)
+    return path
