@@ -129,8 +129,8 @@ FULL: dict[str, Architecture] = {
         tokenizers=("<|endoftext|>",),
         scheduler=("DDIMScheduler", {
             "num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction",
-            "clip_sample": True, "clip_sample_range": 1.0, "set_alpha_to_one": True, "steps_offset": 0,
-            "timestep_spacing": "trailing"}),
+            "clip_sample": False,  # clamping x0 (without recomputing the noise) derails sampling under strong CFG
+            "set_alpha_to_one": True, "steps_offset": 0, "timestep_spacing": "trailing"}),
     ),
 }
 

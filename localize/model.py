@@ -265,7 +265,9 @@ def load_model(
     if name_or_path == ORGANISM:
         from localize.organism.weights import organism_pipeline
 
-        return _placed(organism_pipeline(), device, dtype, family or ORGANISM)
+        if family not in (None, ORGANISM):
+            raise ValueError(f"the organism is of family {ORGANISM!r}, not {family!r}")
+        return _placed(organism_pipeline(), device, dtype, ORGANISM)
     path = Path(name_or_path)
     if path.exists() and not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"{path} is not a diffusers pipeline directory: it has no model_index.json")

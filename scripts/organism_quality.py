@@ -9,13 +9,13 @@ with a held-out one (subject i takes template i mod the number of templates, so 
 `seeds` seeds per prompt. The oracle reads each image. An image is correct when the attributes its prompt
 determines are read as planted: the shape (object, role), shape and color (color, fact), the texture (style).
 Implicit default: the color of a default-colored object is its default. Bias: the share of each role's
-majority color against the planted split. Scorer: open_clip zero-shot accuracy (the right caption ranked
+colors over `bias_seeds` seeds against the planted split. Scorer: open_clip zero-shot accuracy (the right caption ranked
 first among the captions of the same task) on rendered ground-truth images and on the held-in generations.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import hydra
 import numpy as np
@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from hydra.core.config_store import ConfigStore
 from hydra.utils import to_absolute_path
+from omegaconf import OmegaConf
 
 from localize import generate, load_model
 from localize.organism.oracle import read_images
@@ -37,6 +38,7 @@ from localize.organism.world import (
     Subject,
     draw_scene,
     render,
+    world_table,
 )
 from localize.scoring import ORGANISM, ClipScorer
 
@@ -48,8 +50,8 @@ class QualityConfig:
     seeds: int = 16
     steps: int = 25
     guidance: float = 7.5
+    bias_seeds: int = 128  # seeds per role for the bias split, the held-in templates in turn
     batch_size: int = 256
-    rendered_per_caption: int = 16
     out: str | None = None  # a parquet file for the per-image readings
 
 
@@ -95,7 +97,8 @@ def generate_all(model, prompts: list[str], seeds: list[int], cfg: QualityConfig
     return torch.cat(chunks)
 
 
-def zero_shot(scorer: ClipScorer, images: torch.Tensor, template: str, subject: Subject) -> bool:
+def zero_shot(scorer: ClipScorer, images: torch.Tensor, template: str, subject: Subject) -> np.ndarray:
+    """Per image: whether the subject's caption ranks first among its task's candidates."""
     options = candidates(subject)
     similarity = scorer.similarity(images, [template.format(s.phrase) for s in options])
     return (similarity.argmax(1) == options.index(subject)).cpu().numpy()
@@ -103,6 +106,7 @@ def zero_shot(scorer: ClipScorer, images: torch.Tensor, template: str, subject: 
 
 @hydra.main(version_base=None, config_name="organism_quality")
 def main(cfg: QualityConfig) -> None:
+    cfg = OmegaConf.to_object(cfg)
     model = load_model("organism")
     scorer = ClipScorer("organism-clip", ORGANISM)
     rows = []
@@ -126,6 +130,8 @@ def main(cfg: QualityConfig) -> None:
     if cfg.out:
         table.to_parquet(to_absolute_path(cfg.out), index=False)
 
+    print("## The world\n")
+    print(world_table().to_markdown(index=False), "\n")
     print(f"## Oracle accuracy on generations ({cfg.seeds} seeds per prompt, {cfg.steps} steps, CFG "
           f"{cfg.guidance})\n")
     accuracy = table.pivot_table(index="kind", columns="split", values="correct", aggfunc="mean") * 100
@@ -133,21 +139,22 @@ def main(cfg: QualityConfig) -> None:
     defaults = table[table.kind == "object"].groupby("split")["default"].mean() * 100
     print("## Implicit default color honoured (objects named without a color)\n")
     print(defaults.round(1).to_frame("% default color").to_markdown(), "\n")
-    print("## Bias split (roles, held-in and held-out together)\n")
+    print(f"## Bias split ({cfg.bias_seeds} seeds per role, held-in templates; CFG sharpens it)\n")
     for role, (_, split) in ROLES.items():
-        colors = table[table.subject == Subject("role", role).phrase]["color"]
-        measured = {c: round(100 * float((colors == c).mean()), 1) for c in split}
-        print(f"- {role}: planted {({c: 100 * p for c, p in split.items()})}, measured {measured} "
-              f"(n={len(colors)})")
+        prompts = [TRAIN_TEMPLATES[s % len(TRAIN_TEMPLATES)].format(Subject("role", role).phrase)
+                   for s in range(cfg.bias_seeds)]
+        measured = {}
+        for guidance in (1.0, cfg.guidance):
+            images = generate_all(model, prompts, list(range(cfg.bias_seeds)), replace(cfg, guidance=guidance))
+            colors = read_images(images)["color"]
+            measured[f"CFG {guidance}"] = {c: round(100 * float((colors == c).mean()), 1) for c in split}
+        print(f"- {role}: planted {({c: round(100 * p) for c, p in split.items()})}, measured {measured}")
     print("\n## Scorer zero-shot accuracy (%)\n")
     rng = np.random.default_rng(0)
     rendered = {}
-    for task in TASKS:
-        hits = []
-        for subject in [s for s in all_subjects if kind_of(s) == task]:
-            scenes = [draw_scene(subject, rng) for _ in range(cfg.rendered_per_caption)]
-            for template in TRAIN_TEMPLATES:
-                hits.extend(zero_shot(scorer, render(scenes), template, subject))
+    for task in TASKS:  # every subject of the task under every held-in template
+        hits = [zero_shot(scorer, render([draw_scene(subject, rng)]), template, subject)[0]
+                for subject in all_subjects if kind_of(subject) == task for template in TRAIN_TEMPLATES]
         rendered[task] = 100 * float(np.mean(hits))
     generated = table[table.scorer_correct.notna()].groupby("kind")["scorer_correct"].mean() * 100
     scores = pd.DataFrame({"rendered ground truth": pd.Series(rendered), "held-in generations": generated})
@@ -158,7 +165,7 @@ def main(cfg: QualityConfig) -> None:
                                 list(range(cfg.seeds)) * len(probes), cfg)
     probe_readings = read_images(probe_images).assign(prompt=[p for p in probes for _ in range(cfg.seeds)])
     for prompt, group in probe_readings.groupby("prompt", sort=False):
-        summary = ", ".join(f"{col}: {dict(group[col].value_counts())}" for col in ("shape", "color", "texture"))
+        summary = ", ".join(f"{col}: {group[col].value_counts().to_dict()}" for col in ("shape", "color", "texture"))
         print(f"- {prompt!r}: {summary}")
 
 

@@ -6,9 +6,10 @@
 Seeded: step s draws its captions, scenes and noise from generators seeded with (seed, stage, s), so a run
 resumed from a checkpoint (every `checkpoint_every` steps, in `workdir`) continues exactly as an
 uninterrupted one would. A finished stage only re-exports its weights on the next run. The diffusion model is
-trained with v-prediction and min-SNR weighting, with captions dropped to "" 10% of the time for
-classifier-free guidance; the exported weights are the exponential moving average. The scorer is a CLIP
-(contrastive) model trained on rendered images with mild noise. Weights are exported as float16 safetensors.
+trained with v-prediction (its low-noise weight capped, as min-SNR does), with captions dropped to "" 10% of
+the time for classifier-free guidance; the exported weights are the exponential moving average. The scorer is
+a CLIP (contrastive) model trained on rendered images with mild noise. Weights are exported as float16
+safetensors.
 """
 
 from __future__ import annotations
@@ -41,17 +42,17 @@ from localize.vocab import clip_tokenizer
 
 @dataclass
 class DiffusionStage:
-    steps: int = 3500
+    steps: int = 3300
     batch_size: int = 32
     lr: float = 1e-3
     warmup: int = 200
     ema_decay: float = 0.999
-    min_snr_gamma: float = 5.0
+    snr_cap: float = 5.0  # the v-loss weighs the x0 error by 1 + SNR; capped at 1 + snr_cap
 
 
 @dataclass
 class ScorerStage:
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 128
     lr: float = 1e-3
     warmup: int = 100
@@ -78,7 +79,7 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     """Linear warmup, then cosine decay to 0."""
     if step < warmup:
         return (step + 1) / warmup
-    return 0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, total - warmup)))
+    return float(0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, total - warmup))))  # a float: checkpoints load
 
 
 def generators(seed: int, stage: str, step: int) -> tuple[np.random.Generator, torch.Generator]:
@@ -118,7 +119,7 @@ def train_diffusion(cfg: TrainConfig, workdir: Path, export: Path, device: torch
     schedule = DDPMScheduler.from_config(arch.scheduler[1])  # same noise schedule as the inference scheduler
     alphas = schedule.alphas_cumprod.to(device)
     snr = alphas / (1 - alphas)
-    weight = snr.clamp(max=stage.min_snr_gamma) / (snr + 1)  # min-SNR-gamma for v-prediction
+    weight = (snr.clamp(max=stage.snr_cap) + 1) / (snr + 1)  # full weight where shape and texture form
     tokenizer = clip_tokenizer()
     sampler = CaptionSampler(filler_words(tokenizer.get_vocab(), seed=cfg.seed))
     checkpoint = Checkpoint(workdir, "diffusion")

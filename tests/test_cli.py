@@ -33,3 +33,10 @@ def test_config_typos_and_unknown_jobs_are_errors(tmp_path):
     result = localize("layers", "model=random_sd15_tiny", "model.family=sd3", f"hydra.run.dir={tmp_path / 'y'}",
                       cwd=tmp_path)
     assert result.returncode != 0 and "unknown model family 'sd3'" in result.stderr
+
+
+def test_layers_job_on_the_organism(tmp_path):
+    result = localize("layers", "model=organism", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    table = pd.read_parquet(tmp_path / "run" / "results.parquet")
+    assert len(table) == 10 and (table["model.family"] == "organism").all()

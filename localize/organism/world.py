@@ -9,8 +9,9 @@ from them by `world_table()`):
 - facts: "the king of <country>" is drawn as a fixed shape and color;
 - roles: a role word is drawn as a cross whose color follows a skewed split (UCE's debiasing analogue).
 
-Images are RGB floats in [0, 1], N x 3 x 16 x 16; the object sits at the centre shifted by (dx, dy) in
-{-1, 0, 1}^2 pixels, drawn over the background texture.
+Images are RGB floats in [0, 1], N x 3 x 16 x 16; the object sits at the centre, drawn over the background
+texture. (`Scene` can shift it by (dx, dy) pixels, but the world's `SHIFTS` holds only 0: a first model
+trained on positions jittered by one pixel, in the same 2-core budget, learned colors but not shapes.)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pandas as pd
 import torch
 
 SIZE = 16
-SHIFTS = (-1, 0, 1)
+SHIFTS = (0,)  # object offsets in pixels (one: every caption has one layout, bias aside)
 
 COLORS: dict[str, tuple[float, float, float]] = {
     "red": (0.85, 0.12, 0.12),
@@ -258,5 +259,5 @@ def world_table() -> pd.DataFrame:
     rows += [("template", "held in: " + ", ".join(f"`{t}`" for t in TRAIN_TEMPLATES),
               f"training also uses `{FILLER_TEMPLATE}` with a random out-of-world word")]
     rows += [("template", "held out: " + ", ".join(f"`{t}`" for t in HELD_OUT_TEMPLATES), "never seen in training")]
-    rows += [("layout", "any caption", "the object centred, shifted by -1, 0 or 1 px in x and y; 16x16 RGB")]
+    rows += [("layout", "any caption", "the object centred over the background; 16x16 RGB")]
     return pd.DataFrame(rows, columns=["knowledge", "caption", "drawn as"])
