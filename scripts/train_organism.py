@@ -41,21 +41,28 @@ from localize.vocab import clip_tokenizer
 
 
 @dataclass
-class DiffusionStage:
+class Stage:
+    """What every stage has: its length, batch, peak learning rate and warmup."""
+
+    steps: int
+    batch_size: int
+    lr: float = 1e-3
+    warmup: int = 100
+
+
+@dataclass
+class DiffusionStage(Stage):
     steps: int = 3300
     batch_size: int = 32
-    lr: float = 1e-3
     warmup: int = 200
     ema_decay: float = 0.999
     snr_cap: float = 5.0  # the v-loss weighs the x0 error by 1 + SNR; capped at 1 + snr_cap
 
 
 @dataclass
-class ScorerStage:
+class ScorerStage(Stage):
     steps: int = 1000
     batch_size: int = 128
-    lr: float = 1e-3
-    warmup: int = 100
     max_noise: float = 0.1  # rendered images get Gaussian noise of a random std in [0, max_noise]
 
 
@@ -75,11 +82,14 @@ ConfigStore.instance().store(name="train_organism", node=TrainConfig)
 STAGES = ("diffusion", "scorer")
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warmup, then cosine decay to 0."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return float(0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, total - warmup))))  # a float: checkpoints load
+def set_lr(optimizer: torch.optim.Optimizer, stage: Stage, step: int) -> None:
+    """Linear warmup to the stage's `lr`, then cosine decay to 0 at its last step."""
+    if step < stage.warmup:
+        factor = (step + 1) / stage.warmup
+    else:
+        factor = 0.5 * (1 + np.cos(np.pi * (step - stage.warmup) / max(1, stage.steps - stage.warmup)))
+    for group in optimizer.param_groups:
+        group["lr"] = stage.lr * float(factor)  # a float: checkpoints load with weights_only
 
 
 def generators(seed: int, stage: str, step: int) -> tuple[np.random.Generator, torch.Generator]:
@@ -144,8 +154,7 @@ def train_diffusion(cfg: TrainConfig, workdir: Path, export: Path, device: torch
         target = schedule.get_velocity(x0, noise, t)
         prediction = unet(schedule.add_noise(x0, noise, t), t, encoder_hidden_states=text_encoder(ids)[0]).sample
         loss = (weight[t] * (prediction - target).pow(2).mean(dim=(1, 2, 3))).mean()
-        for group in optimizer.param_groups:
-            group["lr"] = stage.lr * lr_factor(step, stage.warmup, stage.steps)
+        set_lr(optimizer, stage, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -190,8 +199,7 @@ def train_scorer(cfg: TrainConfig, workdir: Path, export: Path, device: torch.de
         image_features, text_features, logit_scale = model(
             image_features_input(model, images.to(device)), tokenizer(list(captions)).to(device))
         loss = loss_fn(image_features, text_features, logit_scale)
-        for group in optimizer.param_groups:
-            group["lr"] = stage.lr * lr_factor(step, stage.warmup, stage.steps)
+        set_lr(optimizer, stage, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
