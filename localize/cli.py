@@ -10,19 +10,21 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from localize.config import register_configs
-from localize.jobs import JOBS
+from localize.jobs import job_names, load_jobs
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in JOBS:
+    names = job_names()
+    if not argv or argv[0] not in names:
         given = repr(argv[0]) if argv else "no job"
-        sys.exit(f"usage: localize JOB [key=value ...] [-m]; got {given}; jobs: {', '.join(JOBS)}")
-    job = argv[0]
-    register_configs()
+        sys.exit(f"usage: localize JOB [key=value ...] [-m]; got {given}; jobs: {', '.join(names)}")
+    name = argv[0]
+    jobs = load_jobs()
+    register_configs(jobs)
 
     def run(cfg: DictConfig) -> None:
-        JOBS[job](cfg, Path(HydraConfig.get().runtime.output_dir))
+        jobs[name].run(cfg, Path(HydraConfig.get().runtime.output_dir))
 
-    sys.argv = [f"localize {job}", *argv[1:]]
-    hydra.main(config_path="pkg://localize.conf", config_name=job, version_base="1.3")(run)()
+    sys.argv = [f"localize {name}", *argv[1:]]
+    hydra.main(config_path="pkg://localize.conf", config_name=name, version_base="1.3")(run)()

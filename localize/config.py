@@ -1,7 +1,8 @@
-"""Dataclass schemas of the job configs, registered in Hydra's ConfigStore so a mistyped key is an error.
+"""Dataclass schemas of the shared config groups, registered in Hydra's ConfigStore so a mistyped key is an error.
 
-`conf/` holds the YAML; each job config starts from its schema (`base_<job>`), each `model/` option from
-`base_model`.
+`conf/` holds the YAML: each `model/` option starts from `base_model`, each `prompts/` option from
+`base_prompts`, each `scorer/` option from `base_scorer`; each job's own schema is `base_<job>` (see
+`localize.jobs`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 
 @dataclass
@@ -24,11 +26,40 @@ class ModelConfig:
 
 
 @dataclass
-class LayersJob:
-    model: ModelConfig = field(default_factory=ModelConfig)
+class ScorerConfig:
+    """An open_clip model: `model_name` and `pretrained` as in `open_clip.create_model` (the organism's scorer:
+    `organism-clip` / `organism`)."""
+
+    model_name: str = "ViT-L-14"
+    pretrained: str | None = "openai"
+    device: str | None = None
+    dtype: str | None = None
 
 
-def register_configs() -> None:
+@dataclass
+class PromptItem:
+    """One prompt of a prompt set. `attribute`: the phrase of `prompt` that carries the knowledge (what causal
+    tracing corrupts); `text`: what the images are scored against (the attribute itself when not given)."""
+
+    prompt: str = MISSING
+    attribute: str = MISSING
+    text: str | None = None
+
+
+@dataclass
+class PromptSet:
+    """A named set of prompts of one knowledge kind (`style`, `object`, `fact`, ...)."""
+
+    name: str = MISSING
+    kind: str = MISSING
+    entries: list[PromptItem] = field(default_factory=list)
+
+
+def register_configs(jobs: dict) -> None:
+    """Register the group schemas and, for each job of `jobs` (name -> `Job`), its schema as `base_<name>`."""
     store = ConfigStore.instance()
     store.store(group="model", name="base_model", node=ModelConfig)
-    store.store(name="base_layers", node=LayersJob)
+    store.store(group="scorer", name="base_scorer", node=ScorerConfig)
+    store.store(group="prompts", name="base_prompts", node=PromptSet)
+    for name, job in jobs.items():
+        store.store(name=f"base_{name}", node=job.schema)

@@ -29,7 +29,7 @@ def test_config_typos_and_unknown_jobs_are_errors(tmp_path):
     result = localize("layers", "model.famly=sd1", f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
     assert result.returncode != 0 and "famly" in result.stderr
     result = localize("layerz", cwd=tmp_path)
-    assert result.returncode != 0 and "jobs: layers" in result.stderr
+    assert result.returncode != 0 and "jobs: layers, trace" in result.stderr
     result = localize("layers", "model=random_sd15_tiny", "model.family=sd3", f"hydra.run.dir={tmp_path / 'y'}",
                       cwd=tmp_path)
     assert result.returncode != 0 and "unknown model family 'sd3'" in result.stderr
@@ -40,3 +40,28 @@ def test_layers_job_on_the_organism(tmp_path):
     assert result.returncode == 0, result.stderr
     table = pd.read_parquet(tmp_path / "run" / "results.parquet")
     assert len(table) == 10 and (table["model.family"] == "organism").all()
+
+
+def test_trace_job_writes_results_effects_heatmaps_and_summary(tmp_path):
+    out = tmp_path / "run"
+    result = localize("trace", "prompts=organism_facts", "seeds=[0]", "steps=2", "unet_kinds=[cross_attn,ff]",
+                      "text_kinds=[self_attn]", "min_drop=0", "progress=false", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "causal tracing: organism_facts (fact) on organism" in result.stdout
+    table = pd.read_parquet(out / "results.parquet")
+    assert set(table["prompt"]) == {f"a photo of the king of {c}" for c in ("Zarnia", "Brovia", "Kelthar")}
+    assert (table["prompts.name"] == "organism_facts").all() and (table["steps"] == 2).all()
+    assert set(table["kind"]) == {"cross_attn", "ff", "self_attn"}
+    effects = pd.read_parquet(out / "effects.parquet")
+    assert set(effects["key"]) == set(table["key"])
+    for name in ("heatmap_unet.png", "heatmap_text_encoder_0.png", "summary.txt", "config.yaml"):
+        assert (out / name).stat().st_size > 0
+    assert [path.name for path in out.glob(".*")] == [".hydra"]  # no temporary file left behind
+
+
+def test_trace_job_rejects_bad_settings_before_loading_anything(tmp_path):
+    result = localize("trace", "steps=5", "step_range=[0,9]", f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path)
+    assert result.returncode != 0 and "step range [0, 9] outside the schedule of 5 steps" in result.stderr
+    result = localize("trace", "unet_kinds=[conv]", f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
+    assert result.returncode != 0 and "unknown UNet state kind(s) ['conv']" in result.stderr
+    assert not (tmp_path / "a" / "results.parquet").exists()

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig
 
+from localize.config import ModelConfig
+from localize.jobs import Job
 from localize.loading import model_from_config
 from localize.model import Model, block_of
 from localize.results import write_results
+
+
+@dataclass
+class LayersJob:
+    model: ModelConfig = field(default_factory=ModelConfig)
 
 
 def _count(module) -> int:
@@ -38,3 +46,6 @@ def run_layers(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     print(table.to_string(index=False))
     write_results(table, cfg, out_dir)
     return table
+
+
+JOB = Job(LayersJob, run_layers)

@@ -1,0 +1,77 @@
+"""Heatmaps of mean indirect effects: text-encoder layer x token role (one figure per encoder, a panel per
+sublayer kind) and UNet component kind x block (blocks in execution order). Diverging colors centred on 0
+(red: restoring the state brings the clean score back). Written atomically as PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from causal_tracing.states import TOKEN_ROLES, UNET_KINDS
+from localize.results import atomic_write
+
+
+def _panel(figure: Figure, axes, grid: pd.DataFrame, title: str, xlabel: str, ylabel: str) -> None:
+    values = grid.to_numpy(dtype=float)
+    limit = max(1.0, float(np.nanmax(np.abs(values))))
+    image = axes.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    axes.set_xticks(range(grid.shape[1]), grid.columns, rotation=45, ha="right")
+    axes.set_yticks(range(grid.shape[0]), grid.index)
+    axes.set_title(title)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    if values.size <= 300:
+        for (i, j), value in np.ndenumerate(values):
+            if not np.isnan(value):
+                axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                          color="white" if abs(value) > 0.6 * limit else "black")
+    figure.colorbar(image, ax=axes, label="indirect effect")
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    figure.tight_layout()
+    return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+
+
+def text_encoder_heatmaps(effects: pd.DataFrame, title: str, out_dir: Path) -> list[Path]:
+    """`heatmap_text_encoder_E.png` per encoder: layer (rows) x token role (columns), a panel per kind."""
+    text = effects[effects["group"] == "text_encoder"]
+    paths = []
+    for location, states in text.groupby("location", sort=True):
+        kinds = list(dict.fromkeys(states["kind"]))
+        roles = [role for role in TOKEN_ROLES if role in set(states["token_role"])]
+        layers = sorted(states["layer"].unique())
+        figure = Figure(figsize=(4.5 * len(kinds), 1.2 + 0.35 * len(layers)))
+        for k, kind in enumerate(kinds):
+            grid = (states[states["kind"] == kind].pivot_table(index="layer", columns="token_role", values="effect")
+                    .reindex(index=layers, columns=roles))
+            _panel(figure, figure.add_subplot(1, len(kinds), k + 1), grid, f"{title}\n{location} {kind}",
+                   "token role", "layer")
+        paths.append(_save(figure, out_dir / f"heatmap_{location.replace('.', '_')}.png"))
+    return paths
+
+
+def _block_order(blocks) -> list[str]:
+    def rank(block: str) -> tuple[int, int]:
+        part, _, number = block.partition(".")
+        return {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}[part], int(number or 0)
+
+    return sorted(set(blocks), key=rank)
+
+
+def unet_heatmap(effects: pd.DataFrame, title: str, out_dir: Path) -> Path | None:
+    """`heatmap_unet.png`: component kind (rows) x block (columns, execution order), the strongest effect among
+    the block's components of that kind (blank where the block has none); `effects.parquet` has each one."""
+    unet = effects[effects["group"] == "unet"]
+    if unet.empty:
+        return None
+    kinds = [kind for kind in UNET_KINDS if kind in set(unet["kind"])]
+    grid = (unet.pivot_table(index="kind", columns="location", values="effect", aggfunc="max")
+            .reindex(index=kinds, columns=_block_order(unet["location"])))
+    figure = Figure(figsize=(1.2 + 0.9 * grid.shape[1], 1.6 + 0.5 * len(kinds)))
+    _panel(figure, figure.add_subplot(), grid, f"{title}\n(strongest component of each kind in each block)",
+           "UNet block", "component")
+    return _save(figure, out_dir / "heatmap_unet.png")

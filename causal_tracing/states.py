@@ -1,0 +1,108 @@
+"""The states causal tracing restores, one at a time, and the token roles that group text positions.
+
+- UNet states: the output of every resnet, self-attention, cross-attention and feed-forward module of every
+  down / mid / up block (`Model.unet_components`, execution order), restored in both CFG halves at every
+  denoising step of the step range.
+- Text-encoder states: the self-attention and MLP outputs (before the residual add) of every layer of every
+  text encoder, at one token position of the prompt (start token to end token), plus one state for the whole
+  padding span after the end token. Restored in the conditional half (the unconditional prompt is empty).
+
+Token roles, for averaging positions over prompts of different lengths: `start` (CLIP's start token),
+`before` (prompt tokens before the attribute), `attribute` (the attribute's tokens but its last),
+`attribute_last`, `after`, `end` (the end-of-text token), `padding`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from localize.model import Model
+from localize.tokens import token_ids
+
+UNET_KINDS = ("resnet", "self_attn", "cross_attn", "ff")
+TEXT_KINDS = ("self_attn", "mlp")
+TOKEN_ROLES = ("start", "before", "attribute", "attribute_last", "after", "end", "padding")
+
+
+@dataclass(frozen=True)
+class State:
+    """One restorable state. `group`: `unet` or `text_encoder`. `kind`: a UNet component kind or a text sublayer.
+
+    `location`: the UNet block (`down_blocks.0`, `mid_block`, `up_blocks.2`) or `text_encoder.E`. `layer`: the
+    UNet component's index (execution order) or the text-encoder layer's index. `tokens`: the restored token
+    positions (text states only), `token_role` their role.
+    """
+
+    site: str
+    group: str
+    kind: str
+    location: str
+    layer: int
+    tokens: tuple[int, ...] | None = None
+    token_role: str | None = None
+
+    @property
+    def key(self) -> str:
+        """What effects are averaged over: the site, and for text states the token role."""
+        return self.site if self.tokens is None else f"{self.site}@{self.token_role}"
+
+
+def check_kinds(unet_kinds, text_kinds) -> None:
+    for given, valid, what in ((unet_kinds, UNET_KINDS, "UNet"), (text_kinds, TEXT_KINDS, "text-encoder")):
+        unknown = [kind for kind in given if kind not in valid]
+        if unknown:
+            raise ValueError(f"unknown {what} state kind(s) {unknown}; valid: {', '.join(valid)}")
+    if not list(unet_kinds) and not list(text_kinds):
+        raise ValueError("no state kind to trace: give at least one UNet or text-encoder kind")
+
+
+def unet_states(model: Model, kinds=UNET_KINDS) -> list[State]:
+    return [
+        State(f"unet.{c.name}", "unet", c.kind, c.block, c.index)
+        for c in model.unet_components
+        if c.kind in kinds
+    ]
+
+
+def token_roles(tokenizer, prompt: str, attribute_positions: list[int], length: int) -> list[str]:
+    """The role of each of the `length` encoded positions of `prompt`."""
+    ids = token_ids(tokenizer, prompt, limit=length)
+    first, last = attribute_positions[0], attribute_positions[-1]
+    roles = []
+    for position in range(length):
+        if position >= len(ids):
+            roles.append("padding")
+        elif position == len(ids) - 1 and ids[position] == tokenizer.eos_token_id:
+            roles.append("end")
+        elif position == 0 and ids[0] == tokenizer.bos_token_id:
+            roles.append("start")
+        elif position < first:
+            roles.append("before")
+        elif position < last:
+            roles.append("attribute")
+        elif position == last:
+            roles.append("attribute_last")
+        else:
+            roles.append("after")
+    return roles
+
+
+def text_states(model: Model, roles_by_encoder: list[list[str]], kinds=TEXT_KINDS) -> list[State]:
+    """Every (encoder, layer, kind) at each prompt position, and once for the padding span.
+
+    `roles_by_encoder[e]`: the roles of encoder e's positions (`token_roles` with its tokenizer).
+    """
+    states = []
+    for layer in model.text_encoder_layers:
+        roles = roles_by_encoder[layer.encoder]
+        padding = tuple(p for p, role in enumerate(roles) if role == "padding")
+        for kind in kinds:
+            site = f"text_encoder.{layer.encoder}.layers.{layer.index}.{kind}"
+            location = f"text_encoder.{layer.encoder}"
+            states += [
+                State(site, "text_encoder", kind, location, layer.index, (p,), role)
+                for p, role in enumerate(roles) if role != "padding"
+            ]
+            if padding:
+                states.append(State(site, "text_encoder", kind, location, layer.index, padding, "padding"))
+    return states

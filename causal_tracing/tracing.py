@@ -1,0 +1,235 @@
+"""Causal tracing runs: clean, corrupted and restored generations as rows of one batch, scored with CLIP.
+
+Batch convention (ROME's, extended to many units): a batch holds, for each unit (prompt x seed) in it, its
+clean row first and then restored rows of that unit, every one with the unit's prompt and seed. Restored rows
+carry the unit's corruption (noise on the attribute's embeddings) and restore their states from the unit's
+clean row of the same batch (`Patch(op="restore")`): UNet states in both CFG halves at every step of the step
+range, text states in the conditional half. A restoration of no state is the corrupted run. Units are
+chunked into batches of at most `batch_size` rows; a unit split across batches repeats its clean row.
+
+A row's image depends only on its prompt, seed and patches, so the batched scores equal `serial_scores`,
+the reference loop of ROME's `trace_with_patch` (one generation of [clean, restored] per restoration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from causal_tracing.corruption import attribute_positions, corruption_patches, noise_stds
+from causal_tracing.states import State, check_kinds, text_states, token_roles, unet_states
+from localize.generation import generate
+from localize.model import Model
+from localize.patches import Patch
+from localize.scoring import ClipScorer
+from localize.tokens import token_ids
+
+Restoration = tuple[State, ...]  # states restored together in one row; () is the corrupted run
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One prompt x seed. `attribute`: the phrase of `prompt` that is corrupted; `text`: what images are scored
+    against (CLIP score = 100 * max(cos, 0), see `localize.scoring`)."""
+
+    prompt: str
+    attribute: str
+    text: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class TraceSettings:
+    """`step_range`: (start, stop) denoising-step indices where UNet states are restored (all steps if None).
+    `min_drop`: units whose corruption lowers the clean score by less than this (CLIP points) get no indirect
+    effect (its denominator would be noise)."""
+
+    steps: int = 25
+    guidance: float = 7.5
+    noise_scale: float = 3.0
+    noise_std: float | None = None
+    step_range: tuple[int, int] | None = None
+    batch_size: int = 64
+    min_drop: float = 1.0
+
+    def check(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (a clean row and a restored row), got {self.batch_size}")
+        if self.step_range is not None:
+            start, stop = self.step_range
+            if not 0 <= start < stop <= self.steps:
+                raise ValueError(f"step range {list(self.step_range)} outside the schedule of {self.steps} steps: "
+                                 f"need 0 <= start < stop <= {self.steps}")
+
+
+def restore_patches(restoration: Restoration, row: int, clean_row: int, settings: TraceSettings) -> list[Patch]:
+    """Patches that copy each state of `restoration` from `clean_row` into `row`."""
+    patches = []
+    for state in restoration:
+        if state.group == "unet":
+            patches.append(Patch(state.site, "restore", rows=(row,), source_rows=(clean_row,),
+                                 steps=settings.step_range))
+        else:
+            patches.append(Patch(state.site, "restore", tokens=state.tokens, rows=(row,), source_rows=(clean_row,),
+                                 branch="cond"))
+    return patches
+
+
+def _chunks(sizes: list[int], batch_size: int) -> list[list[tuple[int, range]]]:
+    """Pack each unit's restorations into batches: lists of (unit, restoration indices), one clean row each."""
+    chunks, chunk, free = [], [], batch_size
+    for unit, size in enumerate(sizes):
+        start = 0
+        while start < size:
+            if free < 2:
+                chunks.append(chunk)
+                chunk, free = [], batch_size
+            take = min(size - start, free - 1)
+            chunk.append((unit, range(start, start + take)))
+            free -= take + 1
+            start += take
+    return chunks + ([chunk] if chunk else [])
+
+
+def unit_noise_stds(model: Model, units: Sequence[Unit], settings: TraceSettings) -> list[float]:
+    """Each text encoder's noise std for tracing `units` (measured on all their attributes)."""
+    return noise_stds(model, [unit.attribute for unit in units], settings.noise_scale, settings.noise_std)
+
+
+class _Corruption:
+    """The noise stds and each unit's attribute positions, checked before anything is generated."""
+
+    def __init__(self, model: Model, units: Sequence[Unit], stds: list[float]):
+        self.stds = stds
+        self.positions = {(u.prompt, u.attribute): attribute_positions(model, u.prompt, u.attribute) for u in units}
+
+    def patches(self, unit: Unit, rows) -> list[Patch]:
+        return corruption_patches(self.positions[unit.prompt, unit.attribute], self.stds, unit.seed, rows)
+
+
+def batched_scores(
+    model: Model,
+    scorer: ClipScorer,
+    units: Sequence[Unit],
+    restorations: Sequence[Sequence[Restoration]],
+    settings: TraceSettings,
+    stds: list[float],
+    progress: bool = False,
+) -> tuple[list[float], list[list[float]]]:
+    """Clean score of each unit, and the score of each of its restorations (`restorations[u][i]`).
+
+    `stds`: each text encoder's corruption noise std (`unit_noise_stds`)."""
+    settings.check()
+    corruption = _Corruption(model, units, stds)
+    clean: list[float | None] = [None] * len(units)
+    restored = [[0.0] * len(r) for r in restorations]
+    chunks = _chunks([len(r) for r in restorations], settings.batch_size)
+    for chunk in tqdm(chunks, desc="tracing batches", disable=not progress):
+        prompts, seeds, patches, slots = [], [], [], []
+        for u, indices in chunk:
+            unit, clean_row = units[u], len(prompts)
+            rows = range(clean_row + 1, clean_row + 1 + len(indices))
+            prompts += [unit.prompt] * (len(indices) + 1)
+            seeds += [unit.seed] * (len(indices) + 1)
+            patches += corruption.patches(unit, rows)
+            slots.append((u, None))
+            for row, i in zip(rows, indices, strict=True):
+                patches += restore_patches(restorations[u][i], row, clean_row, settings)
+                slots.append((u, i))
+        images = generate(model, prompts, seeds, steps=settings.steps, guidance=settings.guidance, patches=patches)
+        scores = scorer.score(images, [units[u].text for u, _ in slots]).tolist()
+        for (u, i), score in zip(slots, scores, strict=True):
+            if i is None:
+                clean[u] = score
+            else:
+                restored[u][i] = score
+    return clean, restored
+
+
+def serial_scores(
+    model: Model,
+    scorer: ClipScorer,
+    unit: Unit,
+    restorations: Sequence[Restoration],
+    settings: TraceSettings,
+    stds: list[float],
+) -> tuple[float, list[float]]:
+    """The reference loop (ROME's `trace_with_patch`): one generation of [clean, restored] per restoration."""
+    settings.check()
+    corruption = _Corruption(model, [unit], stds)
+    clean, scores = None, []
+    for restoration in restorations:
+        patches = corruption.patches(unit, [1]) + restore_patches(restoration, 1, 0, settings)
+        images = generate(model, [unit.prompt] * 2, [unit.seed] * 2, steps=settings.steps,
+                          guidance=settings.guidance, patches=patches)
+        clean_score, score = scorer.score(images, [unit.text] * 2).tolist()
+        clean = clean_score if clean is None else clean
+        scores.append(score)
+    return clean, scores
+
+
+def prompt_states(model: Model, unit: Unit, unet_kinds, text_kinds) -> list[State]:
+    """Every traced state of a unit: UNet components, then text states at the unit's token positions."""
+    length = model.spec.max_tokens
+    roles = [
+        token_roles(tokenizer, unit.prompt, positions, length)
+        for tokenizer, positions in zip(model.tokenizers, attribute_positions(model, unit.prompt, unit.attribute),
+                                        strict=True)
+    ]
+    return unet_states(model, unet_kinds) + text_states(model, roles, text_kinds)
+
+
+def _token_text(model: Model, unit: Unit, state: State) -> str:
+    if state.tokens is None:
+        return ""
+    if state.token_role == "padding":
+        return f"<padding x{len(state.tokens)}>"
+    encoder = int(state.location.rsplit(".", 1)[1])
+    tokenizer = model.tokenizers[encoder]
+    return tokenizer.convert_ids_to_tokens(token_ids(tokenizer, unit.prompt)[state.tokens[0]])
+
+
+def trace(
+    model: Model,
+    scorer: ClipScorer,
+    units: Sequence[Unit],
+    settings: TraceSettings = TraceSettings(),
+    unet_kinds=("resnet", "self_attn", "cross_attn", "ff"),
+    text_kinds=("self_attn", "mlp"),
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Trace every state of every unit: one row per unit x state (text states: per token position).
+
+    Columns: the unit (`prompt, attribute, text, seed`), the state (`site, group, kind, location, layer, token`
+    (first position, -1 for UNet states), `token_role, token_text, key`), the scores (`score_clean,
+    score_corrupted, score_restored`) and `indirect_effect` = (restored - corrupted) / (clean - corrupted), NaN
+    where the corruption lowered the clean score by less than `settings.min_drop`.
+    """
+    if not units:
+        raise ValueError("no prompt to trace: the prompt set is empty")
+    settings.check()
+    check_kinds(unet_kinds, text_kinds)
+    stds = unit_noise_stds(model, units, settings)
+    states = [prompt_states(model, unit, unet_kinds, text_kinds) for unit in units]
+    restorations = [[(), *((s,) for s in unit_states)] for unit_states in states]
+    clean, restored = batched_scores(model, scorer, units, restorations, settings, stds, progress)
+    rows = []
+    for unit, unit_states, score_clean, scores in zip(units, states, clean, restored, strict=True):
+        corrupted, drop = scores[0], score_clean - scores[0]
+        measured = drop > 0 and drop >= settings.min_drop
+        for state, score in zip(unit_states, scores[1:], strict=True):
+            rows.append({
+                "prompt": unit.prompt, "attribute": unit.attribute, "text": unit.text, "seed": unit.seed,
+                "site": state.site, "group": state.group, "kind": state.kind, "location": state.location,
+                "layer": state.layer, "token": state.tokens[0] if state.tokens else -1,
+                "token_role": state.token_role or "", "token_text": _token_text(model, unit, state),
+                "key": state.key, "score_clean": score_clean, "score_corrupted": corrupted, "score_restored": score,
+                "indirect_effect": (score - corrupted) / drop if measured else float("nan"),
+            })
+    return pd.DataFrame(rows)
+
