@@ -1,5 +1,6 @@
 """Heatmaps of mean indirect effects: text-encoder layer x token role (one figure per encoder, a panel per
-sublayer kind) and UNet component kind x block (blocks in execution order). Diverging colors centred on 0
+sublayer kind), the same per prompt with its own tokens (mean over seeds), and UNet component kind x block
+(blocks in execution order). Diverging colors centred on 0
 (red: restoring the state brings the clean score back). Written atomically as PNG."""
 
 from __future__ import annotations
@@ -51,6 +52,28 @@ def text_encoder_heatmaps(effects: pd.DataFrame, title: str, out_dir: Path) -> l
             _panel(figure, figure.add_subplot(1, len(kinds), k + 1), grid, f"{title}\n{location} {kind}",
                    "token role", "layer")
         paths.append(_save(figure, out_dir / f"heatmap_{location.replace('.', '_')}.png"))
+    return paths
+
+
+def prompt_token_heatmaps(table: pd.DataFrame, title: str, out_dir: Path) -> list[Path]:
+    """`heatmap_text_encoder_E_prompt_P.png` per encoder and prompt (P in order of appearance): layer x token
+    position (labelled with its token; the padding span as one column), mean indirect effect over seeds."""
+    text = table[table["group"] == "text_encoder"]
+    paths = []
+    for p, (prompt, rows) in enumerate(text.groupby("prompt", sort=False)):
+        for location, states in rows.groupby("location", sort=True):
+            kinds = list(dict.fromkeys(states["kind"]))
+            tokens = states.drop_duplicates("token").sort_values("token")
+            labels = {row.token: f"{row.token} {row.token_text.replace('</w>', '')}" for row in tokens.itertuples()}
+            layers = sorted(states["layer"].unique())
+            figure = Figure(figsize=(2 + 0.5 * len(labels) * len(kinds), 1.4 + 0.35 * len(layers)))
+            for k, kind in enumerate(kinds):
+                grid = (states[states["kind"] == kind]
+                        .pivot_table(index="layer", columns="token", values="indirect_effect", aggfunc="mean")
+                        .reindex(index=layers, columns=list(labels)).rename(columns=labels))
+                _panel(figure, figure.add_subplot(1, len(kinds), k + 1), grid,
+                       f"{title}\n{prompt!r}\n{location} {kind}", "token", "layer")
+            paths.append(_save(figure, out_dir / f"heatmap_{location.replace('.', '_')}_prompt_{p}.png"))
     return paths
 
 

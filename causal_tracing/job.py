@@ -1,7 +1,8 @@
 """`localize trace`: causal tracing of a prompt set, with its effects table, heatmaps and summary.
 
 Writes into the job's output directory: `effects.parquet` (one row per state key: mean indirect effect and
-bootstrap CI), `heatmap_text_encoder_E.png`, `heatmap_unet.png`, `summary.txt`, and last `results.parquet`
+bootstrap CI), `heatmap_text_encoder_E.png` (token roles), `heatmap_text_encoder_E_prompt_P.png` (each
+prompt's tokens), `heatmap_unet.png`, `summary.txt`, and last `results.parquet`
 (one row per prompt x seed x state x token, config values as columns) with `config.yaml`.
 """
 
@@ -14,7 +15,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from causal_tracing.effects import state_effects, summary_text
-from causal_tracing.figures import text_encoder_heatmaps, unet_heatmap
+from causal_tracing.figures import prompt_token_heatmaps, text_encoder_heatmaps, unet_heatmap
 from causal_tracing.states import TEXT_KINDS, UNET_KINDS, check_kinds
 from causal_tracing.tracing import TraceSettings, Unit, trace
 from localize.config import ModelConfig, PromptSet, ScorerConfig
@@ -77,6 +78,7 @@ def run_trace(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     title = f"{cfg.prompts.name} ({cfg.prompts.kind}) on {cfg.model.name_or_path}"
     atomic_write(out_dir / "effects.parquet", lambda tmp: effects.to_parquet(tmp, index=False))
     text_encoder_heatmaps(effects, title, out_dir)
+    prompt_token_heatmaps(table, title, out_dir)
     unet_heatmap(effects, title, out_dir)
     summary = summary_text(table, effects, f"causal tracing: {title}", cfg.confidence, cfg.top)
     atomic_write(out_dir / "summary.txt", lambda tmp: tmp.write_text(summary))

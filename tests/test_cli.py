@@ -54,7 +54,8 @@ def test_trace_job_writes_results_effects_heatmaps_and_summary(tmp_path):
     assert set(table["kind"]) == {"cross_attn", "ff", "self_attn"}
     effects = pd.read_parquet(out / "effects.parquet")
     assert set(effects["key"]) == set(table["key"])
-    for name in ("heatmap_unet.png", "heatmap_text_encoder_0.png", "summary.txt", "config.yaml"):
+    for name in ("heatmap_unet.png", "heatmap_text_encoder_0.png", "heatmap_text_encoder_0_prompt_2.png", "summary.txt",
+                 "config.yaml"):
         assert (out / name).stat().st_size > 0
     assert [path.name for path in out.glob(".*")] == [".hydra"]  # no temporary file left behind
 
