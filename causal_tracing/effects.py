@@ -7,29 +7,16 @@ key is its site and token role, so prompts of different lengths line up); units 
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
-from scipy.stats import bootstrap
+
+from localize.stats import confidence_interval
 
 STATE_COLUMNS = ["key", "site", "group", "kind", "location", "layer", "token_role"]
-
-
-def confidence_interval(values: np.ndarray, confidence: float, resamples: int, seed: int) -> tuple[float, float]:
-    """Percentile-bootstrap interval of the mean; NaN for fewer than two values."""
-    if len(values) < 2:
-        return float("nan"), float("nan")
-    if np.all(values == values[0]):
-        return float(values[0]), float(values[0])
-    result = bootstrap((values,), np.mean, confidence_level=confidence, n_resamples=resamples,
-                       method="percentile", rng=np.random.default_rng(seed))
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def state_effects(table: pd.DataFrame, confidence: float = 0.95, resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
     """One row per state key: its descriptive columns, `effect` (mean indirect effect over units), `ci_low`,
     `ci_high` and `units` (how many units had an indirect effect), strongest first."""
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     measured = table.dropna(subset=["indirect_effect"])
     per_unit = measured.groupby([*STATE_COLUMNS, "prompt", "seed"], sort=False)["indirect_effect"].mean()
     rows = []

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from causal_tracing.corruption import attribute_positions, corruption_patches, noise_stds
 from causal_tracing.states import State, check_kinds, text_states, token_roles, unet_states
+from localize.batching import pack_rows
 from localize.generation import generate
 from localize.model import Model
 from localize.patches import Patch
@@ -80,22 +81,6 @@ def restore_patches(restoration: Restoration, row: int, clean_row: int, settings
     return patches
 
 
-def _chunks(sizes: list[int], batch_size: int) -> list[list[tuple[int, range]]]:
-    """Pack each unit's restorations into batches: lists of (unit, restoration indices), one clean row each."""
-    chunks, chunk, free = [], [], batch_size
-    for unit, size in enumerate(sizes):
-        start = 0
-        while start < size:
-            if free < 2:
-                chunks.append(chunk)
-                chunk, free = [], batch_size
-            take = min(size - start, free - 1)
-            chunk.append((unit, range(start, start + take)))
-            free -= take + 1
-            start += take
-    return chunks + ([chunk] if chunk else [])
-
-
 def unit_noise_stds(model: Model, units: Sequence[Unit], settings: TraceSettings) -> list[float]:
     """Each text encoder's noise std for tracing `units` (measured on all their attributes)."""
     return noise_stds(model, [unit.attribute for unit in units], settings.noise_scale, settings.noise_std)
@@ -128,7 +113,7 @@ def batched_scores(
     corruption = _Corruption(model, units, stds)
     clean: list[float | None] = [None] * len(units)
     restored = [[0.0] * len(r) for r in restorations]
-    chunks = _chunks([len(r) for r in restorations], settings.batch_size)
+    chunks = pack_rows([len(r) for r in restorations], settings.batch_size)
     for chunk in tqdm(chunks, desc="tracing batches", disable=not progress):
         prompts, seeds, patches, slots = [], [], [], []
         for u, indices in chunk:

@@ -39,11 +39,15 @@ class ScorerConfig:
 @dataclass
 class PromptItem:
     """One prompt of a prompt set. `attribute`: the phrase of `prompt` that carries the knowledge (what causal
-    tracing corrupts); `text`: what the images are scored against (the attribute itself when not given)."""
+    tracing corrupts); `text`: what the images are scored against (the attribute itself when not given).
+    `altered`: the prompt with the attribute removed or replaced (for facts: the updated fact), `altered_text`
+    what it is scored against (LOCOGEN)."""
 
     prompt: str = MISSING
     attribute: str = MISSING
     text: str | None = None
+    altered: str | None = None
+    altered_text: str | None = None
 
 
 @dataclass

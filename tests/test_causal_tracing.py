@@ -8,12 +8,11 @@ import torch
 
 import causal_tracing.tracing as tracing
 from causal_tracing.corruption import attribute_positions, corruption_patches, embedding_std, noise_stds
-from causal_tracing.effects import confidence_interval, state_effects
+from causal_tracing.effects import state_effects
 from causal_tracing.states import token_roles, unet_states
 from causal_tracing.tracing import (
     TraceSettings,
     Unit,
-    _chunks,
     batched_scores,
     prompt_states,
     serial_scores,
@@ -22,6 +21,7 @@ from causal_tracing.tracing import (
 )
 from localize import generate, load_model, patching
 from localize.scoring import ClipScorer
+from localize.stats import confidence_interval
 
 APPLE = Unit("a photo of an apple", "apple", "an apple", 3)
 KING = Unit("a photo of the king of Zarnia", "Zarnia", "the king of Zarnia", 5)
@@ -93,16 +93,6 @@ def test_batched_equals_the_serial_reference_loop(organism, scorer):
         serial_clean, serial = serial_scores(organism, scorer, unit, unit_restorations, settings, stds)
         assert unit_clean == pytest.approx(serial_clean, abs=1e-4)
         assert unit_scores == pytest.approx(serial, abs=1e-4)
-
-
-@pytest.mark.parametrize("batch_size", [2, 3, 7, 64])
-def test_chunks_hold_every_restoration_once_and_fit_the_batch(batch_size):
-    sizes = [5, 1, 12, 3]
-    chunks = _chunks(sizes, batch_size)
-    seen = {(u, i) for chunk in chunks for u, indices in chunk for i in indices}
-    assert seen == {(u, i) for u, size in enumerate(sizes) for i in range(size)}
-    assert sum(len(indices) for chunk in chunks for _, indices in chunk) == sum(sizes)
-    assert all(sum(len(indices) + 1 for _, indices in chunk) <= batch_size for chunk in chunks)
 
 
 def test_token_roles(organism):

@@ -29,7 +29,7 @@ def test_config_typos_and_unknown_jobs_are_errors(tmp_path):
     result = localize("layers", "model.famly=sd1", f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
     assert result.returncode != 0 and "famly" in result.stderr
     result = localize("layerz", cwd=tmp_path)
-    assert result.returncode != 0 and "jobs: layers, trace" in result.stderr
+    assert result.returncode != 0 and "jobs: layers, locogen, trace" in result.stderr
     result = localize("layers", "model=random_sd15_tiny", "model.family=sd3", f"hydra.run.dir={tmp_path / 'y'}",
                       cwd=tmp_path)
     assert result.returncode != 0 and "unknown model family 'sd3'" in result.stderr
@@ -66,3 +66,24 @@ def test_trace_job_rejects_bad_settings_before_loading_anything(tmp_path):
     result = localize("trace", "unet_kinds=[conv]", f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
     assert result.returncode != 0 and "unknown UNet state kind(s) ['conv']" in result.stderr
     assert not (tmp_path / "a" / "results.parquet").exists()
+
+
+def test_locogen_job_writes_the_chosen_window_curve_and_summary(tmp_path):
+    out = tmp_path / "run"
+    result = localize("locogen", "prompts=organism_facts", "seeds=[0]", "steps=2", "m=3", "progress=false",
+                      f"hydra.run.dir={out}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "objective: raise the CLIP score" in result.stdout
+    table = pd.read_parquet(out / "results.parquet")
+    assert len(table) == 3 * (10 - 3 + 1) and (table["m"] == 3).all()
+    chosen = table.loc[table["chosen"], "layers"].unique()
+    assert len(chosen) == 1 and f"chosen window: layers {chosen[0]}" in result.stdout
+    windows = pd.read_parquet(out / "windows.parquet")
+    assert windows.loc[windows["chosen"], "layers"].item() == chosen[0]
+    for name in ("layer_curve.png", "summary.txt", "config.yaml"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_locogen_job_rejects_a_window_larger_than_the_model(tmp_path):
+    result = localize("locogen", "m=11", f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path)
+    assert result.returncode != 0 and "window size m=11 must be an integer in 1..10" in result.stderr

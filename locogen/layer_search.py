@@ -1,0 +1,146 @@
+"""LOCOGEN's window search: which m consecutive cross-attention layers control an attribute.
+
+Batch convention: for each unit (prompt x seed) in a batch, its source row is the ALTERED prompt (what window
+layers read), followed by its patched rows: index 0 is the original prompt untouched, index 1 + w the original
+prompt with window w's layers reading the altered row's conditioning (conditional half). Units are packed into
+batches of at most `batch_size` rows; a unit split across batches repeats its altered row.
+
+Objective: `lower` (styles, objects: images are scored against the original attribute's text; the window that
+lowers the score most controls it) or `raise` (facts: scored against the updated fact's text; the window that
+raises it most). CLIP score = 100 * max(cos, 0) (see `localize.scoring`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from localize.batching import pack_rows
+from localize.generation import generate
+from localize.model import Model
+from localize.scoring import ClipScorer
+from localize.tokens import token_ids
+from locogen.windows import cross_attention_context, window_patches, window_replace_patches, windows
+
+OBJECTIVES = ("lower", "raise")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One prompt x seed: the original `prompt`, its `altered` counterpart, the `text` images are scored against."""
+
+    prompt: str
+    altered: str
+    text: str
+    seed: int
+
+
+def make_units(prompts: Sequence[str], altered: Sequence[str], texts: Sequence[str], seeds: Sequence[int]
+               ) -> list[Unit]:
+    """Every (prompt, altered prompt, scored text) with every seed; the three lists must line up."""
+    if not (len(prompts) == len(altered) == len(texts)):
+        raise ValueError(f"the prompt lists must have one entry each: {len(prompts)} prompts, {len(altered)} "
+                         f"altered prompts, {len(texts)} texts")
+    if not prompts:
+        raise ValueError("no prompt to search with: the prompt set is empty")
+    if not seeds:
+        raise ValueError("seeds is empty: give at least one seed")
+    return [Unit(p, a, t, int(seed)) for p, a, t in zip(prompts, altered, texts, strict=True) for seed in seeds]
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    m: int = 2
+    steps: int = 25
+    guidance: float = 7.5
+    batch_size: int = 64
+    objective: str = "lower"
+
+    def check(self, model: Model) -> None:
+        windows(len(model.cross_attention_layers), self.m)
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (the altered row and a window row), got {self.batch_size}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; valid: {', '.join(OBJECTIVES)}")
+
+
+def _check_units(model: Model, units: Sequence[Unit]) -> None:
+    if not units:
+        raise ValueError("no prompt to search with: the prompt set is empty")
+    for unit in units:
+        for prompt in (unit.prompt, unit.altered):
+            for tokenizer in model.tokenizers:
+                token_ids(tokenizer, prompt, limit=model.spec.max_tokens)
+
+
+def batched_window_scores(
+    model: Model, scorer: ClipScorer, units: Sequence[Unit], settings: SearchSettings, progress: bool = False
+) -> tuple[list[float], list[float], list[list[float]]]:
+    """Scores of each unit's altered prompt, original prompt, and original with each window altered."""
+    settings.check(model)
+    _check_units(model, units)
+    all_windows = windows(len(model.cross_attention_layers), settings.m)
+    altered: list[float] = [0.0] * len(units)
+    rows_scores = [[0.0] * (1 + len(all_windows)) for _ in units]
+    batches = pack_rows([1 + len(all_windows)] * len(units), settings.batch_size)
+    for batch in tqdm(batches, desc="window batches", disable=not progress):
+        prompts, seeds, patches, slots = [], [], [], []
+        for u, indices in batch:
+            unit, altered_row = units[u], len(prompts)
+            prompts.append(unit.altered)
+            seeds.append(unit.seed)
+            slots.append((u, None))
+            for i in indices:
+                row = len(prompts)
+                prompts.append(unit.prompt)
+                seeds.append(unit.seed)
+                slots.append((u, i))
+                if i > 0:
+                    patches += window_patches(all_windows[i - 1], row, altered_row)
+        images = generate(model, prompts, seeds, steps=settings.steps, guidance=settings.guidance, patches=patches)
+        scores = scorer.score(images, [units[u].text for u, _ in slots]).tolist()
+        for (u, i), score in zip(slots, scores, strict=True):
+            if i is None:
+                altered[u] = score
+            else:
+                rows_scores[u][i] = score
+    return altered, [scores[0] for scores in rows_scores], [scores[1:] for scores in rows_scores]
+
+
+def serial_window_scores(model: Model, scorer: ClipScorer, unit: Unit, settings: SearchSettings) -> list[float]:
+    """What the reference does: the altered prompt's conditioning computed once, then one generation per window
+    with the window layers' conditioning replaced (conditional half)."""
+    settings.check(model)
+    context = cross_attention_context(model, unit.altered)
+    scores = []
+    for window in windows(len(model.cross_attention_layers), settings.m):
+        images = generate(model, [unit.prompt], [unit.seed], steps=settings.steps, guidance=settings.guidance,
+                          patches=window_replace_patches(window, context))
+        scores.append(scorer.score(images, [unit.text]).item())
+    return scores
+
+
+def search(
+    model: Model, scorer: ClipScorer, units: Sequence[Unit], settings: SearchSettings, progress: bool = False
+) -> pd.DataFrame:
+    """One row per unit x window: `window` (index = start layer), `layers`, `names`, `score` and the unit's
+    `score_original` and `score_altered`; `effect` = how far the window moves the score in the objective's
+    direction from the original (positive = towards the altered prompt)."""
+    altered, original, window_scores = batched_window_scores(model, scorer, units, settings, progress)
+    all_windows = windows(len(model.cross_attention_layers), settings.m)
+    sign = -1.0 if settings.objective == "lower" else 1.0
+    rows = []
+    for unit, a, o, scores in zip(units, altered, original, window_scores, strict=True):
+        for window, score in zip(all_windows, scores, strict=True):
+            rows.append({
+                "prompt": unit.prompt, "altered": unit.altered, "text": unit.text, "seed": unit.seed,
+                "window": window[0], "layers": ",".join(map(str, window)),
+                "names": ",".join(model.cross_attention_layers[k].name for k in window),
+                "score": score, "score_original": o, "score_altered": a, "effect": sign * (score - o),
+            })
+    return pd.DataFrame(rows)

@@ -1,0 +1,43 @@
+"""Windows of m consecutive cross-attention layers (0-based, execution order) and the patches that feed them
+the altered prompt's text conditioning on the conditional CFG half.
+
+Batch convention: a window row takes each window layer's context from the unit's altered row (`restore` from
+`altered_row`, same CFG half); every other layer keeps the row's own (original) prompt.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from localize.generation import image_size
+from localize.model import Model
+from localize.patches import Patch
+
+
+def windows(n_layers: int, m: int) -> list[tuple[int, ...]]:
+    """All `n_layers - m + 1` windows of `m` consecutive layers, by start."""
+    if not isinstance(m, int) or not 1 <= m <= n_layers:
+        raise ValueError(f"window size m={m!r} must be an integer in 1..{n_layers} (the model's cross-attention "
+                         "layers)")
+    return [tuple(range(start, start + m)) for start in range(n_layers - m + 1)]
+
+
+def window_patches(window: tuple[int, ...], row: int, altered_row: int) -> list[Patch]:
+    """Row `row`'s window layers read the conditioning of row `altered_row` (conditional half only)."""
+    return [Patch(f"cross_attn.{k}.context", "restore", rows=(row,), source_rows=(altered_row,), branch="cond")
+            for k in window]
+
+
+@torch.no_grad()
+def cross_attention_context(model: Model, prompt: str) -> torch.Tensor:
+    """The text conditioning a cross-attention layer receives for `prompt` (after the UNet's own projection of
+    the encoder states, e.g. IF's `encoder_hid_proj`): tokens x features."""
+    conditioning = model.spec.encode(model.pipeline, [prompt], image_size(model, None, None))
+    states = model.unet.process_encoder_hidden_states(conditioning["encoder_hidden_states"],
+                                                      conditioning.get("added_cond_kwargs", {}))
+    return states[0]
+
+
+def window_replace_patches(window: tuple[int, ...], context: torch.Tensor) -> list[Patch]:
+    """Every row's window layers read `context` (conditional half): the reference's per-window intervention."""
+    return [Patch(f"cross_attn.{k}.context", "replace", value=context, branch="cond") for k in window]

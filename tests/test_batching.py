@@ -1,0 +1,20 @@
+"""Packing units' rows into batches."""
+
+import pytest
+
+from localize.batching import pack_rows
+
+
+@pytest.mark.parametrize("batch_size", [2, 3, 7, 64])
+def test_batches_hold_every_row_once_and_fit(batch_size):
+    sizes = [5, 1, 12, 3]
+    batches = pack_rows(sizes, batch_size)
+    seen = {(u, i) for batch in batches for u, indices in batch for i in indices}
+    assert seen == {(u, i) for u, size in enumerate(sizes) for i in range(size)}
+    assert sum(len(indices) for batch in batches for _, indices in batch) == sum(sizes)
+    assert all(sum(len(indices) + 1 for _, indices in batch) <= batch_size for batch in batches)
+
+
+def test_batch_size_below_two_is_an_error():
+    with pytest.raises(ValueError, match="batch_size must be >= 2"):
+        pack_rows([3], 1)
