@@ -47,3 +47,33 @@ def layer_curve(table: pd.DataFrame, summary: pd.DataFrame, title: str, objectiv
     axes.legend(fontsize=7, loc="best")
     figure.tight_layout()
     return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+
+
+def neuron_summary(table: pd.DataFrame, confidence: float = 0.95, resamples: int = 1000, seed: int = 0
+                   ) -> pd.DataFrame:
+    """One row per k and selection (`top`, `random`): mean drop over units (random draws averaged within a
+    unit first) and its bootstrap CI."""
+    per_unit = table.groupby(["selection", "k", "prompt", "seed"])["drop"].mean()
+    rows = []
+    for (selection, k), drops in per_unit.groupby(level=["selection", "k"]):
+        low, high = confidence_interval(drops.to_numpy(), confidence, resamples, seed)
+        rows.append({"selection": selection, "k": k, "drop": drops.mean(), "ci_low": low, "ci_high": high,
+                     "units": len(drops)})
+    return pd.DataFrame(rows)
+
+
+def neuron_curve(summary: pd.DataFrame, title: str, path: Path) -> Path:
+    """CLIP drop vs number of ablated neurons: the top-|t| neurons against k random ones, with CI bands."""
+    figure = Figure(figsize=(6, 3.6))
+    axes = figure.add_subplot()
+    for selection, color in (("top", "tab:red"), ("random", "tab:gray")):
+        rows = summary[summary["selection"] == selection].sort_values("k")
+        axes.plot(rows["k"], rows["drop"], marker="o", color=color, label=f"{selection} neurons")
+        axes.fill_between(rows["k"], rows["ci_low"], rows["ci_high"], color=color, alpha=0.2)
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("ablated neurons k")
+    axes.set_ylabel("CLIP score drop")
+    axes.set_title(title)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))

@@ -70,8 +70,8 @@ def test_trace_job_rejects_bad_settings_before_loading_anything(tmp_path):
 
 def test_locogen_job_writes_the_chosen_window_curve_and_summary(tmp_path):
     out = tmp_path / "run"
-    result = localize("locogen", "prompts=organism_facts", "seeds=[0]", "steps=2", "m=3", "progress=false",
-                      f"hydra.run.dir={out}", cwd=tmp_path)
+    result = localize("locogen", "prompts=organism_facts", "seeds=[0]", "steps=2", "m=3", "neurons.ks=[1,8]",
+                      "neurons.random_draws=1", "progress=false", f"hydra.run.dir={out}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "objective: raise the CLIP score" in result.stdout
     table = pd.read_parquet(out / "results.parquet")
@@ -80,8 +80,12 @@ def test_locogen_job_writes_the_chosen_window_curve_and_summary(tmp_path):
     assert len(chosen) == 1 and f"chosen window: layers {chosen[0]}" in result.stdout
     windows = pd.read_parquet(out / "windows.parquet")
     assert windows.loc[windows["chosen"], "layers"].item() == chosen[0]
-    for name in ("layer_curve.png", "summary.txt", "config.yaml"):
+    for name in ("layer_curve.png", "neuron_curve.png", "summary.txt", "config.yaml"):
         assert (out / name).stat().st_size > 0
+    neurons = pd.read_parquet(out / "neurons.parquet")
+    assert len(neurons) == 3 * 2 * 2 and set(neurons["k"]) == {1, 8}
+    scores = pd.read_parquet(out / "neuron_scores.parquet")
+    assert set(scores["layer"]) == {int(k) for k in chosen[0].split(",")} and len(scores) == 3 * 2 * 64
 
 
 def test_locogen_job_rejects_a_window_larger_than_the_model(tmp_path):

@@ -1,0 +1,197 @@
+"""Neuron-level localization: the to_k / to_v neurons of chosen cross-attention layers that separate attribute
+prompts from neutral ones, ablated k at a time against a control of k random neurons.
+
+- A neuron is an output feature of a layer's key or value projection (`cross_attn.K.to_k` / `.to_v`; IF:
+  add_k/add_v). Its activation for a prompt is its output averaged over the token positions the layer sees
+  (all of them, padding included: the cross-attention reads every one).
+- Score: Welch's t statistic (scipy) of a neuron's activations over attribute vs neutral prompts; the top k
+  by |t| over all candidate neurons of all chosen layers and projections.
+- Ablation (both CFG halves, every step, every position): `mean` replaces the neuron's output with its mean
+  over the neutral prompts and positions, `zero` with 0.
+- Batch convention: per unit (attribute prompt x seed), its unablated row first (the source row), then one
+  row per k for the top-k neurons and `random_draws` rows per k for random neurons (draw r of size k seeded
+  by (seed, k, r)). Drop = unablated score - ablated score (CLIP score against the attribute text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import ttest_ind
+from tqdm.auto import tqdm
+
+from localize.batching import pack_rows
+from localize.generation import generate, image_size, vae_scale
+from localize.model import Model
+from localize.patches import Patch
+from localize.scoring import ClipScorer
+
+PROJECTIONS = ("to_k", "to_v")
+ABLATIONS = ("mean", "zero")
+
+
+@dataclass(frozen=True)
+class Neuron:
+    layer: int
+    projection: str
+    index: int
+
+
+def default_ks(candidates: int) -> tuple[int, ...]:
+    """Powers of two below the candidate count, then the count itself (every neuron ablated)."""
+    return (*(2**i for i in range(candidates.bit_length()) if 2**i < candidates), candidates)
+
+
+@dataclass(frozen=True)
+class NeuronSettings:
+    """`ks`: the neuron counts to ablate (None: `default_ks` of the candidates)."""
+
+    ks: tuple[int, ...] | None = None
+    projections: tuple[str, ...] = PROJECTIONS
+    ablation: str = "mean"
+    random_draws: int = 3
+    steps: int = 25
+    guidance: float = 7.5
+    batch_size: int = 64
+
+    def check(self) -> None:
+        unknown = [p for p in self.projections if p not in PROJECTIONS]
+        if unknown or not self.projections:
+            raise ValueError(f"projections {list(self.projections)}: give one or more of {', '.join(PROJECTIONS)}")
+        if self.ablation not in ABLATIONS:
+            raise ValueError(f"unknown ablation {self.ablation!r}; valid: {', '.join(ABLATIONS)}")
+        if self.ks is not None and (not self.ks or any(k < 1 for k in self.ks)):
+            raise ValueError(f"ks must be a non-empty list of positive neuron counts, got {list(self.ks)}")
+        if self.random_draws < 1:
+            raise ValueError(f"random_draws must be >= 1, got {self.random_draws}")
+
+
+@torch.no_grad()
+def activations(model: Model, layers: Sequence[int], projection: str, prompts: Sequence[str]) -> torch.Tensor:
+    """Per prompt, per layer, each neuron's output averaged over token positions: prompts x layers x neurons.
+
+    Recorded from the projections during one UNet forward of the prompts (their outputs depend on the text
+    alone), so whatever the attention processor does to the text first (IF's cross-attention norm) is included.
+    """
+    size = image_size(model, None, None)
+    conditioning = model.spec.encode(model.pipeline, list(prompts), size)
+    scale = vae_scale(model)
+    sample = torch.zeros(len(prompts), model.unet.config.in_channels, size[0] // scale, size[1] // scale,
+                         device=model.device, dtype=model.dtype)
+    recorded: dict[int, torch.Tensor] = {}
+    handles = []
+    try:
+        for k in layers:
+            layer = model.cross_attention_layers[k]
+            module = layer.key if projection == "to_k" else layer.value
+            handles.append(module.register_forward_hook(
+                lambda _m, _a, out, k=k: recorded.__setitem__(k, out.float().mean(1).cpu())))
+        model.unet(sample, model.scheduler.timesteps[0], **conditioning)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack([recorded[k] for k in layers], dim=1)
+
+
+@dataclass(frozen=True)
+class NeuronScores:
+    """Welch t per candidate neuron (`neurons[i]` has `t[i]`), and each neuron's neutral mean (the mean ablation)."""
+
+    neurons: list[Neuron]
+    t: np.ndarray
+    neutral_mean: dict[tuple[int, str], torch.Tensor]
+
+    def top(self, k: int) -> list[Neuron]:
+        order = np.argsort(-np.abs(self.t), kind="stable")
+        return [self.neurons[i] for i in order[:k]]
+
+
+def check_prompt_counts(attribute_prompts: Sequence[str], neutral_prompts: Sequence[str]) -> None:
+    if len(set(attribute_prompts)) < 2 or len(set(neutral_prompts)) < 2:
+        raise ValueError(f"need at least two distinct attribute and two distinct neutral prompts for Welch's t; got "
+                         f"{len(set(attribute_prompts))} and {len(set(neutral_prompts))}")
+
+
+def score_neurons(model: Model, layers: Sequence[int], attribute_prompts: Sequence[str],
+                  neutral_prompts: Sequence[str], projections: Sequence[str] = PROJECTIONS) -> NeuronScores:
+    """Welch's t of every to_k / to_v neuron of `layers` between attribute and neutral prompts."""
+    check_prompt_counts(attribute_prompts, neutral_prompts)
+    neurons, ts, means = [], [], {}
+    for projection in projections:
+        attribute = activations(model, layers, projection, attribute_prompts)
+        neutral = activations(model, layers, projection, neutral_prompts)
+        t = ttest_ind(attribute.numpy(), neutral.numpy(), axis=0, equal_var=False).statistic  # layers x neurons
+        for j, layer in enumerate(layers):
+            means[layer, projection] = neutral[:, j].mean(0)
+            neurons += [Neuron(layer, projection, i) for i in range(t.shape[1])]
+            ts.append(np.nan_to_num(t[j], nan=0.0))  # a neuron constant over all prompts separates nothing
+    return NeuronScores(neurons, np.concatenate(ts), means)
+
+
+def ablation_patches(neurons: Sequence[Neuron], scores: NeuronScores, ablation: str, row: int) -> list[Patch]:
+    """One patch per (layer, projection) writing the ablated value into the neurons' outputs of `row`."""
+    groups: dict[tuple[int, str], list[int]] = {}
+    for neuron in neurons:
+        groups.setdefault((neuron.layer, neuron.projection), []).append(neuron.index)
+    patches = []
+    for (layer, projection), indices in groups.items():
+        site = f"cross_attn.{layer}.{projection}"
+        if ablation == "zero":
+            patches.append(Patch(site, "zero", neurons=tuple(indices), rows=(row,)))
+        else:
+            patches.append(Patch(site, "replace", value=scores.neutral_mean[layer, projection], neurons=tuple(indices),
+                                 rows=(row,)))
+    return patches
+
+
+def random_neurons(scores: NeuronScores, k: int, seed: int, draw: int) -> list[Neuron]:
+    rng = np.random.default_rng([seed, k, draw])
+    return [scores.neurons[i] for i in rng.choice(len(scores.neurons), size=k, replace=False)]
+
+
+def ablation_curve(model: Model, scorer: ClipScorer, prompts: Sequence[str], texts: Sequence[str],
+                   seeds: Sequence[int], scores: NeuronScores, settings: NeuronSettings,
+                   progress: bool = False) -> pd.DataFrame:
+    """One row per prompt x seed x k x selection (`top`, or `random` draw r): `score`, `score_clean`, `drop`."""
+    settings.check()
+    ks = settings.ks or default_ks(len(scores.neurons))
+    too_many = [k for k in ks if k > len(scores.neurons)]
+    if too_many:
+        raise ValueError(f"ks {too_many} exceed the {len(scores.neurons)} candidate neurons")
+    configs = [("top", 0, k) for k in ks]
+    configs += [("random", r, k) for k in ks for r in range(settings.random_draws)]
+    units = [(p, t, int(s)) for p, t in zip(prompts, texts, strict=True) for s in seeds]
+    clean, ablated = [0.0] * len(units), [[0.0] * len(configs) for _ in units]
+    for batch in tqdm(pack_rows([len(configs)] * len(units), settings.batch_size), desc="neuron batches",
+                      disable=not progress):
+        batch_prompts, batch_seeds, patches, slots = [], [], [], []
+        for u, indices in batch:
+            prompt, _, seed = units[u]
+            batch_prompts.append(prompt)
+            batch_seeds.append(seed)
+            slots.append((u, None))
+            for i in indices:
+                selection, draw, k = configs[i]
+                chosen = scores.top(k) if selection == "top" else random_neurons(scores, k, seed, draw)
+                patches += ablation_patches(chosen, scores, settings.ablation, len(batch_prompts))
+                batch_prompts.append(prompt)
+                batch_seeds.append(seed)
+                slots.append((u, i))
+        images = generate(model, batch_prompts, batch_seeds, steps=settings.steps, guidance=settings.guidance,
+                          patches=patches)
+        values = scorer.score(images, [units[u][1] for u, _ in slots]).tolist()
+        for (u, i), value in zip(slots, values, strict=True):
+            if i is None:
+                clean[u] = value
+            else:
+                ablated[u][i] = value
+    rows = []
+    for (prompt, text, seed), score_clean, unit_scores in zip(units, clean, ablated, strict=True):
+        for (selection, draw, k), score in zip(configs, unit_scores, strict=True):
+            rows.append({"prompt": prompt, "text": text, "seed": seed, "k": k, "selection": selection,
+                         "draw": draw, "score": score, "score_clean": score_clean, "drop": score_clean - score})
+    return pd.DataFrame(rows)
