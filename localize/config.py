@@ -41,13 +41,15 @@ class PromptItem:
     """One prompt of a prompt set. `attribute`: the phrase of `prompt` that carries the knowledge (what causal
     tracing corrupts); `text`: what the images are scored against (the attribute itself when not given).
     `altered`: the prompt with the attribute removed or replaced (for facts: the updated fact), `altered_text`
-    what it is scored against (LOCOGEN)."""
+    what it is scored against (LOCOGEN). `neutral`: the prompt with the attribute removed, the other side of
+    the neuron search (`altered` when not given)."""
 
     prompt: str = MISSING
     attribute: str = MISSING
     text: str | None = None
     altered: str | None = None
     altered_text: str | None = None
+    neutral: str | None = None
 
 
 @dataclass

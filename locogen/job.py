@@ -27,7 +27,7 @@ from locogen.neurons import NeuronSettings, ablation_curve, check_prompt_counts,
 
 @dataclass
 class NeuronsConfig:
-    """Neuron-level localization in the chosen window (attribute prompts vs the altered ones as neutral)."""
+    """Neuron-level localization in the chosen window: the prompt set's prompts against their `neutral` ones."""
 
     enabled: bool = True
     ks: list[int] | None = None  # None: 1, 2, 4, ... up to all candidate neurons
@@ -79,7 +79,8 @@ def run_locogen(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     )
     if cfg.neurons.enabled:
         neuron_settings.check()
-        check_prompt_counts([e.prompt for e in cfg.prompts.entries], [e.altered for e in cfg.prompts.entries])
+        check_prompt_counts([e.prompt for e in cfg.prompts.entries],
+                            [e.neutral or e.altered for e in cfg.prompts.entries])
     model = model_from_config(cfg.model)
     settings.check(model)
     scorer = scorer_from_config(cfg.scorer, model.device)
@@ -113,8 +114,8 @@ def _neurons(cfg: DictConfig, model, scorer, chosen, settings: NeuronSettings, t
     layers = [int(k) for k in chosen["layers"].split(",")]
     entries = cfg.prompts.entries
     prompts = list(dict.fromkeys(e.prompt for e in entries))
-    scores = score_neurons(model, layers, prompts, list(dict.fromkeys(e.altered for e in entries)),
-                           settings.projections)
+    neutral = list(dict.fromkeys(e.neutral or e.altered for e in entries))
+    scores = score_neurons(model, layers, prompts, neutral, settings.projections)
     texts = {e.prompt: e.text or e.attribute for e in entries}
     curve = ablation_curve(model, scorer, prompts, [texts[p] for p in prompts], list(cfg.seeds), scores, settings,
                            progress=cfg.progress)
