@@ -22,6 +22,7 @@ from localize.config import ModelConfig, PromptSet, ScorerConfig
 from localize.jobs import Job
 from localize.loading import model_from_config, scorer_from_config
 from localize.results import atomic_write, write_results
+from localize.stats import check_interval_settings
 
 
 @dataclass
@@ -70,6 +71,7 @@ def run_trace(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     )
     settings.check()
     check_kinds(cfg.unet_kinds, cfg.text_kinds)
+    check_interval_settings(cfg.confidence, cfg.resamples)
     units = units_of(cfg)
     model = model_from_config(cfg.model)
     scorer = scorer_from_config(cfg.scorer, model.device)

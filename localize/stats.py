@@ -6,10 +6,16 @@ import numpy as np
 from scipy.stats import bootstrap
 
 
-def confidence_interval(values: np.ndarray, confidence: float, resamples: int, seed: int) -> tuple[float, float]:
-    """Percentile-bootstrap interval of the mean (scipy); NaN for fewer than two values."""
+def check_interval_settings(confidence: float, resamples: int) -> None:
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples!r}")
+
+
+def confidence_interval(values: np.ndarray, confidence: float, resamples: int, seed: int) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the mean (scipy); NaN for fewer than two values."""
+    check_interval_settings(confidence, resamples)
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
         return float("nan"), float("nan")

@@ -20,6 +20,7 @@ from localize.config import ModelConfig, PromptSet, ScorerConfig
 from localize.jobs import Job
 from localize.loading import model_from_config, scorer_from_config
 from localize.results import atomic_write, write_results
+from localize.stats import check_interval_settings
 from locogen.curves import layer_curve, neuron_curve, neuron_summary, window_summary
 from locogen.layer_search import SearchSettings, Unit, make_units, search
 from locogen.neurons import NeuronSettings, ablation_curve, check_prompt_counts, score_neurons
@@ -72,6 +73,7 @@ def run_locogen(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     settings = SearchSettings(m=cfg.m, steps=cfg.steps, guidance=cfg.guidance, batch_size=cfg.batch_size,
                               objective=objective)
     units = units_of(cfg, objective)
+    check_interval_settings(cfg.confidence, cfg.resamples)
     neuron_settings = NeuronSettings(
         ks=tuple(cfg.neurons.ks) if cfg.neurons.ks is not None else None,
         projections=tuple(cfg.neurons.projections), ablation=cfg.neurons.ablation,

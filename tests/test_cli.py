@@ -66,6 +66,8 @@ def test_trace_job_rejects_bad_settings_before_loading_anything(tmp_path):
     result = localize("trace", "unet_kinds=[conv]", f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
     assert result.returncode != 0 and "unknown UNet state kind(s) ['conv']" in result.stderr
     assert not (tmp_path / "a" / "results.parquet").exists()
+    result = localize("trace", "confidence=95", f"hydra.run.dir={tmp_path / 'c'}", cwd=tmp_path)
+    assert result.returncode != 0 and "confidence must be in (0, 1), got 95" in result.stderr
 
 
 def test_locogen_job_writes_the_chosen_window_curve_and_summary(tmp_path):
