@@ -1,8 +1,10 @@
-"""Shared fixtures: seeded tiny random models of every family, built once per test session."""
+"""Shared fixtures, built once per test session: seeded tiny random models of every family, the organism and
+its scorer."""
 
 import pytest
 
-from localize import random_model
+from localize import load_model, random_model
+from localize.scoring import ORGANISM, ClipScorer
 
 FAMILIES = ("sd1", "sd2", "sdxl", "if", "organism")
 
@@ -22,3 +24,13 @@ def tiny_models():
 @pytest.fixture(scope="session")
 def sd1(tiny_models):
     return tiny_models("sd1")
+
+
+@pytest.fixture(scope="session")
+def organism():
+    return load_model("organism")
+
+
+@pytest.fixture(scope="session")
+def scorer():
+    return ClipScorer("organism-clip", ORGANISM)

@@ -19,23 +19,12 @@ from causal_tracing.tracing import (
     trace,
     unit_noise_stds,
 )
-from localize import generate, load_model, patching
-from localize.scoring import ClipScorer
+from localize import generate, patching
 from localize.stats import confidence_interval
 
 APPLE = Unit("a photo of an apple", "apple", "an apple", 3)
 KING = Unit("a photo of the king of Zarnia", "Zarnia", "the king of Zarnia", 5)
 FEW_STEPS = TraceSettings(steps=3, batch_size=64)
-
-
-@pytest.fixture(scope="module")
-def organism():
-    return load_model("organism")
-
-
-@pytest.fixture(scope="module")
-def scorer():
-    return ClipScorer("organism-clip", "organism")
 
 
 def test_noise_std_is_the_scale_times_the_attribute_embeddings_std(organism):

@@ -6,24 +6,13 @@ import pytest
 import torch
 
 import locogen.layer_search as search_module
-from localize import load_model, patching
-from localize.scoring import ClipScorer
+from localize import patching
 from locogen.curves import window_summary
 from locogen.layer_search import SearchSettings, Unit, batched_window_scores, make_units, search, serial_window_scores
 from locogen.windows import window_patches, windows
 
 APPLE = Unit("a photo of an apple", "a photo of a box", "an apple", 3)
 VELMOR = Unit("a photo of a ball in the style of Velmor", "a photo of a ball", "a ball in the style of Velmor", 1)
-
-
-@pytest.fixture(scope="module")
-def organism():
-    return load_model("organism")
-
-
-@pytest.fixture(scope="module")
-def scorer():
-    return ClipScorer("organism-clip", "organism")
 
 
 @pytest.mark.parametrize("n, m", [(10, 1), (10, 2), (10, 3), (16, 2), (70, 5), (4, 4)])

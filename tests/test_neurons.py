@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from localize import generate, load_model, patching
-from localize.scoring import ClipScorer
+from localize import generate, patching
 from locogen.neurons import (
     Neuron,
     NeuronSettings,
@@ -20,16 +19,6 @@ from locogen.neurons import (
 ATTRIBUTE = ["a photo of a ball in the style of Velmor", "a photo of a box in the style of Velmor",
              "a photo of a tree in the style of Velmor"]
 NEUTRAL = ["a photo of a ball", "a photo of a box", "a photo of a tree"]
-
-
-@pytest.fixture(scope="module")
-def organism():
-    return load_model("organism")
-
-
-@pytest.fixture(scope="module")
-def scorer():
-    return ClipScorer("organism-clip", "organism")
 
 
 @pytest.mark.parametrize("family", ["organism", "if"])

@@ -8,7 +8,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextModel
 
-from localize import generate, load_model
+from localize import generate
 from localize.organism import weights
 from localize.organism.oracle import read_images
 from localize.organism.weights import OrganismWeightsError, organism_pipeline
@@ -29,17 +29,6 @@ from localize.organism.world import (
     render,
     world_words,
 )
-from localize.scoring import ORGANISM, ClipScorer
-
-
-@pytest.fixture(scope="module")
-def organism():
-    return load_model("organism")
-
-
-@pytest.fixture(scope="module")
-def scorer():
-    return ClipScorer("organism-clip", ORGANISM)
 
 
 def test_captions_name_what_is_drawn():
