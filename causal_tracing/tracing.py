@@ -17,11 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from causal_tracing.corruption import attribute_positions, corruption_patches, noise_stds
 from causal_tracing.states import State, check_kinds, text_states, token_roles, unet_states
-from localize.batching import pack_rows
+from localize.batching import PackedUnit, RowPatches, score_packed
 from localize.generation import generate
 from localize.model import Model
 from localize.patches import Patch
@@ -111,29 +110,15 @@ def batched_scores(
     `stds`: each text encoder's corruption noise std (`unit_noise_stds`)."""
     settings.check()
     corruption = _Corruption(model, units, stds)
-    clean: list[float | None] = [None] * len(units)
-    restored = [[0.0] * len(r) for r in restorations]
-    chunks = pack_rows([len(r) for r in restorations], settings.batch_size)
-    for chunk in tqdm(chunks, desc="tracing batches", disable=not progress):
-        prompts, seeds, patches, slots = [], [], [], []
-        for u, indices in chunk:
-            unit, clean_row = units[u], len(prompts)
-            rows = range(clean_row + 1, clean_row + 1 + len(indices))
-            prompts += [unit.prompt] * (len(indices) + 1)
-            seeds += [unit.seed] * (len(indices) + 1)
-            patches += corruption.patches(unit, rows)
-            slots.append((u, None))
-            for row, i in zip(rows, indices, strict=True):
-                patches += restore_patches(restorations[u][i], row, clean_row, settings)
-                slots.append((u, i))
-        images = generate(model, prompts, seeds, steps=settings.steps, guidance=settings.guidance, patches=patches)
-        scores = scorer.score(images, [units[u].text for u, _ in slots]).tolist()
-        for (u, i), score in zip(slots, scores, strict=True):
-            if i is None:
-                clean[u] = score
-            else:
-                restored[u][i] = score
-    return clean, restored
+
+    def row_patches(unit: Unit, restoration: Restoration) -> RowPatches:
+        return lambda row, clean_row: (corruption.patches(unit, [row])
+                                       + restore_patches(restoration, row, clean_row, settings))
+
+    packed = [PackedUnit(unit.prompt, unit.prompt, unit.seed, unit.text, [row_patches(unit, r) for r in unit_rows])
+              for unit, unit_rows in zip(units, restorations, strict=True)]
+    return score_packed(model, scorer, packed, settings.batch_size, settings.steps, settings.guidance, progress,
+                        desc="tracing batches")
 
 
 def serial_scores(

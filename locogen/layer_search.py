@@ -16,9 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
-from tqdm.auto import tqdm
 
-from localize.batching import pack_rows
+from localize.batching import PackedUnit, RowPatches, score_packed
 from localize.generation import generate
 from localize.model import Model
 from localize.scoring import ClipScorer
@@ -85,31 +84,19 @@ def batched_window_scores(
     settings.check(model)
     _check_units(model, units)
     all_windows = windows(len(model.cross_attention_layers), settings.m)
-    altered: list[float] = [0.0] * len(units)
-    rows_scores = [[0.0] * (1 + len(all_windows)) for _ in units]
-    batches = pack_rows([1 + len(all_windows)] * len(units), settings.batch_size)
-    for batch in tqdm(batches, desc="window batches", disable=not progress):
-        prompts, seeds, patches, slots = [], [], [], []
-        for u, indices in batch:
-            unit, altered_row = units[u], len(prompts)
-            prompts.append(unit.altered)
-            seeds.append(unit.seed)
-            slots.append((u, None))
-            for i in indices:
-                row = len(prompts)
-                prompts.append(unit.prompt)
-                seeds.append(unit.seed)
-                slots.append((u, i))
-                if i > 0:
-                    patches += window_patches(all_windows[i - 1], row, altered_row)
-        images = generate(model, prompts, seeds, steps=settings.steps, guidance=settings.guidance, patches=patches)
-        scores = scorer.score(images, [units[u].text for u, _ in slots]).tolist()
-        for (u, i), score in zip(slots, scores, strict=True):
-            if i is None:
-                altered[u] = score
-            else:
-                rows_scores[u][i] = score
-    return altered, [scores[0] for scores in rows_scores], [scores[1:] for scores in rows_scores]
+    rows = [_untouched, *(_window_rows(window) for window in all_windows)]
+    packed = [PackedUnit(unit.altered, unit.prompt, unit.seed, unit.text, rows) for unit in units]
+    altered, scores = score_packed(model, scorer, packed, settings.batch_size, settings.steps, settings.guidance,
+                                   progress, desc="window batches")
+    return altered, [unit_scores[0] for unit_scores in scores], [unit_scores[1:] for unit_scores in scores]
+
+
+def _untouched(row: int, altered_row: int) -> list:
+    return []
+
+
+def _window_rows(window: tuple[int, ...]) -> RowPatches:
+    return lambda row, altered_row: window_patches(window, row, altered_row)
 
 
 def serial_window_scores(model: Model, scorer: ClipScorer, unit: Unit, settings: SearchSettings) -> list[float]:

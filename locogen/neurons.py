@@ -22,10 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import ttest_ind
-from tqdm.auto import tqdm
 
-from localize.batching import pack_rows
-from localize.generation import generate, image_size, vae_scale
+from localize.batching import PackedUnit, RowPatches, score_packed
+from localize.generation import image_size, vae_scale
 from localize.model import Model
 from localize.patches import Patch
 from localize.scoring import ClipScorer
@@ -165,30 +164,15 @@ def ablation_curve(model: Model, scorer: ClipScorer, prompts: Sequence[str], tex
     configs = [("top", 0, k) for k in ks]
     configs += [("random", r, k) for k in ks for r in range(settings.random_draws)]
     units = [(p, t, int(s)) for p, t in zip(prompts, texts, strict=True) for s in seeds]
-    clean, ablated = [0.0] * len(units), [[0.0] * len(configs) for _ in units]
-    for batch in tqdm(pack_rows([len(configs)] * len(units), settings.batch_size), desc="neuron batches",
-                      disable=not progress):
-        batch_prompts, batch_seeds, patches, slots = [], [], [], []
-        for u, indices in batch:
-            prompt, _, seed = units[u]
-            batch_prompts.append(prompt)
-            batch_seeds.append(seed)
-            slots.append((u, None))
-            for i in indices:
-                selection, draw, k = configs[i]
-                chosen = scores.top(k) if selection == "top" else random_neurons(scores, k, seed, draw)
-                patches += ablation_patches(chosen, scores, settings.ablation, len(batch_prompts))
-                batch_prompts.append(prompt)
-                batch_seeds.append(seed)
-                slots.append((u, i))
-        images = generate(model, batch_prompts, batch_seeds, steps=settings.steps, guidance=settings.guidance,
-                          patches=patches)
-        values = scorer.score(images, [units[u][1] for u, _ in slots]).tolist()
-        for (u, i), value in zip(slots, values, strict=True):
-            if i is None:
-                clean[u] = value
-            else:
-                ablated[u][i] = value
+
+    def ablated_row(selection: str, draw: int, k: int, seed: int) -> RowPatches:
+        chosen = scores.top(k) if selection == "top" else random_neurons(scores, k, seed, draw)
+        return lambda row, clean_row: ablation_patches(chosen, scores, settings.ablation, row)
+
+    packed = [PackedUnit(prompt, prompt, seed, text, [ablated_row(*config, seed) for config in configs])
+              for prompt, text, seed in units]
+    clean, ablated = score_packed(model, scorer, packed, settings.batch_size, settings.steps, settings.guidance,
+                                  progress, desc="neuron batches")
     rows = []
     for (prompt, text, seed), score_clean, unit_scores in zip(units, clean, ablated, strict=True):
         for (selection, draw, k), score in zip(configs, unit_scores, strict=True):

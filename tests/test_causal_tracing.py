@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-import causal_tracing.tracing as tracing
+import localize.batching
 from causal_tracing.corruption import attribute_positions, corruption_patches, embedding_std, noise_stds
 from causal_tracing.effects import state_effects
 from causal_tracing.states import token_roles, unet_states
@@ -162,7 +162,7 @@ def test_bad_input_fails_before_any_generation(organism, scorer, monkeypatch, ch
     def no_generation(*args, **kwargs):
         raise AssertionError("generation started")
 
-    monkeypatch.setattr(tracing, "generate", no_generation)
+    monkeypatch.setattr(localize.batching, "generate", no_generation)
     arguments = {"units": [APPLE], "settings": FEW_STEPS, "unet_kinds": ("resnet",), "text_kinds": ("mlp",),
                  **change}
     with pytest.raises(ValueError) as error:

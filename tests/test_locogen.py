@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-import locogen.layer_search as search_module
+import localize.batching
 from localize import patching
 from locogen.curves import window_summary
 from locogen.layer_search import SearchSettings, Unit, batched_window_scores, make_units, search, serial_window_scores
@@ -110,7 +110,7 @@ def test_bad_input_fails_before_any_generation(organism, scorer, monkeypatch, ca
     def no_generation(*args, **kwargs):
         raise AssertionError("generation started")
 
-    monkeypatch.setattr(search_module, "generate", no_generation)
+    monkeypatch.setattr(localize.batching, "generate", no_generation)
     with pytest.raises(ValueError) as error:
         call(organism, scorer)
     assert message in str(error.value)
