@@ -18,7 +18,7 @@ from causal_tracing.effects import state_effects, summary_text
 from causal_tracing.figures import prompt_token_heatmaps, text_encoder_heatmaps, unet_heatmap
 from causal_tracing.states import TEXT_KINDS, UNET_KINDS, check_kinds
 from causal_tracing.tracing import TraceSettings, Unit, trace
-from localize.config import ModelConfig, PromptSet, ScorerConfig
+from localize.config import PromptJobConfig
 from localize.jobs import Job
 from localize.loading import model_from_config, scorer_from_config
 from localize.results import atomic_write, write_results
@@ -34,23 +34,13 @@ class NoiseConfig:
 
 
 @dataclass
-class TraceJob:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    prompts: PromptSet = field(default_factory=PromptSet)
-    scorer: ScorerConfig = field(default_factory=ScorerConfig)
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
-    steps: int = 25
-    guidance: float = 7.5
+class TraceJob(PromptJobConfig):
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     step_range: list[int] | None = None  # [start, stop) denoising steps where UNet states are restored
     unet_kinds: list[str] = field(default_factory=lambda: list(UNET_KINDS))
     text_kinds: list[str] = field(default_factory=lambda: list(TEXT_KINDS))
-    batch_size: int = 64
     min_drop: float = 1.0
-    confidence: float = 0.95
-    resamples: int = 1000
     top: int = 5
-    progress: bool = True
 
 
 def units_of(cfg: DictConfig) -> list[Unit]:

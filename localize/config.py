@@ -61,6 +61,23 @@ class PromptSet:
     entries: list[PromptItem] = field(default_factory=list)
 
 
+@dataclass
+class PromptJobConfig:
+    """What every job that generates and scores a prompt set takes (`trace`, `locogen`): the model, the prompt
+    set, the scorer, the seeds, the sampler, the batch size, and the bootstrap of its confidence intervals."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompts: PromptSet = field(default_factory=PromptSet)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    steps: int = 25
+    guidance: float = 7.5
+    batch_size: int = 64
+    confidence: float = 0.95
+    resamples: int = 1000
+    progress: bool = True
+
+
 def register_configs(jobs: dict) -> None:
     """Register the group schemas and, for each job of `jobs` (name -> `Job`), its schema as `base_<name>`."""
     store = ConfigStore.instance()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from localize.config import ModelConfig, PromptSet, ScorerConfig
+from localize.config import PromptJobConfig
 from localize.jobs import Job
 from localize.loading import model_from_config, scorer_from_config
 from localize.results import atomic_write, write_results
@@ -38,20 +38,10 @@ class NeuronsConfig:
 
 
 @dataclass
-class LocogenJob:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    prompts: PromptSet = field(default_factory=PromptSet)
-    scorer: ScorerConfig = field(default_factory=ScorerConfig)
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+class LocogenJob(PromptJobConfig):
     m: int = 2
     objective: str | None = None  # lower | raise; None: raise for facts, lower otherwise
-    steps: int = 25
-    guidance: float = 7.5
-    batch_size: int = 64
     neurons: NeuronsConfig = field(default_factory=NeuronsConfig)
-    confidence: float = 0.95
-    resamples: int = 1000
-    progress: bool = True
 
 
 def objective_of(cfg: DictConfig) -> str:

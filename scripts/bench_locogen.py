@@ -13,11 +13,11 @@ largest score difference. A warm-up generation runs first.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import hydra
 import torch
+from benchmarking import timed
 from hydra.core.config_store import ConfigStore
 
 from localize import generate, load_model
@@ -42,16 +42,6 @@ class BenchConfig:
 ConfigStore.instance().store(name="bench_locogen", node=BenchConfig)
 
 
-def _timed(function):
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = function()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return result, time.perf_counter() - start
-
-
 @hydra.main(version_base=None, config_name="bench_locogen")
 def main(cfg: BenchConfig) -> None:
     model = load_model("organism", device=cfg.device, dtype=cfg.dtype)
@@ -59,8 +49,8 @@ def main(cfg: BenchConfig) -> None:
     unit = Unit(cfg.prompt, cfg.altered, cfg.text, cfg.seed)
     settings = SearchSettings(m=cfg.m, steps=cfg.steps, guidance=cfg.guidance, batch_size=cfg.batch_size)
     generate(model, [unit.prompt], [unit.seed], steps=2)  # warm-up
-    (_, _, (batched,)), batched_time = _timed(lambda: batched_window_scores(model, scorer, [unit], settings))
-    serial, serial_time = _timed(lambda: serial_window_scores(model, scorer, unit, settings))
+    (_, _, (batched,)), batched_time = timed(lambda: batched_window_scores(model, scorer, [unit], settings))
+    serial, serial_time = timed(lambda: serial_window_scores(model, scorer, unit, settings))
     difference = max(abs(a - b) for a, b in zip(batched, serial, strict=True))
     print(f"organism on {model.device} ({model.dtype}), {torch.get_num_threads()} threads; {cfg.steps} steps, "
           f"CFG {cfg.guidance}; {len(serial)} windows of m={cfg.m} for {unit.prompt!r}")

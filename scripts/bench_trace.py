@@ -12,11 +12,11 @@ Prints both wall times, their ratio and the largest score difference. A warm-up 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import hydra
 import torch
+from benchmarking import timed
 from hydra.core.config_store import ConfigStore
 
 from causal_tracing.tracing import TraceSettings, Unit, batched_scores, prompt_states, serial_scores, unit_noise_stds
@@ -40,16 +40,6 @@ class BenchConfig:
 ConfigStore.instance().store(name="bench_trace", node=BenchConfig)
 
 
-def _timed(function):
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = function()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return result, time.perf_counter() - start
-
-
 @hydra.main(version_base=None, config_name="bench_trace")
 def main(cfg: BenchConfig) -> None:
     model = load_model("organism", device=cfg.device, dtype=cfg.dtype)
@@ -60,9 +50,9 @@ def main(cfg: BenchConfig) -> None:
     restorations = [(), *((state,) for state in prompt_states(model, unit, ("resnet", "self_attn", "cross_attn", "ff"),
                                                                 ("self_attn", "mlp")))]
     generate(model, [unit.prompt] * 2, [unit.seed] * 2, steps=2)  # warm-up
-    (clean, (batched,)), batched_time = _timed(
+    (clean, (batched,)), batched_time = timed(
         lambda: batched_scores(model, scorer, [unit], [restorations], settings, stds))
-    (serial_clean, serial), serial_time = _timed(
+    (serial_clean, serial), serial_time = timed(
         lambda: serial_scores(model, scorer, unit, restorations, settings, stds))
     difference = max(abs(a - b) for a, b in zip([*clean, *batched], [serial_clean, *serial], strict=True))
     print(f"organism on {model.device} ({model.dtype}), {torch.get_num_threads()} threads; {cfg.steps} steps, "
