@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+
+from localize.data import shipped
 
 
 @dataclass
@@ -79,7 +81,9 @@ class PromptJobConfig:
 
 
 def register_configs(jobs: dict) -> None:
-    """Register the group schemas and, for each job of `jobs` (name -> `Job`), its schema as `base_<name>`."""
+    """Register the group schemas, for each job of `jobs` (name -> `Job`) its schema as `base_<name>`, and the
+    resolver `${shipped:NAME}` (the path of a dataset file shipped in `localize/datasets/`)."""
+    OmegaConf.register_new_resolver("shipped", lambda name: str(shipped(name)), replace=True)
     store = ConfigStore.instance()
     store.store(group="model", name="base_model", node=ModelConfig)
     store.store(group="scorer", name="base_scorer", node=ScorerConfig)

@@ -127,3 +127,15 @@ def decode(model: Model, latents: torch.Tensor) -> torch.Tensor:
             if upcast:
                 vae.to(torch.float16)
     return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
+def generate_batches(model: Model, prompts: Sequence[str], seeds: Sequence[int], batch_size: int, steps: int = 25,
+                     guidance: float = 7.5, progress: bool = False, desc: str = "generating") -> torch.Tensor:
+    """`generate` in batches of at most `batch_size` rows (same images: a row depends only on its prompt and
+    seed), with a progress bar over the batches; N x C x H x W on the model's device."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    prompts, seeds = list(prompts), list(seeds)
+    starts = range(0, len(prompts), batch_size)
+    return torch.cat([generate(model, prompts[s:s + batch_size], seeds[s:s + batch_size], steps, guidance)
+                      for s in tqdm(starts, desc=desc, disable=not progress, leave=False)])

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from localize.config import ModelConfig, ScorerConfig
+from localize.figures import before_after_grid
 from localize.generation import generate
 from localize.jobs import Job
 from localize.loading import model_from_config, scorer_from_config
@@ -51,22 +51,6 @@ def _readings(model: Model, scorer, images, prompts: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"clip_score": scorer.score(images, prompts).cpu().numpy()})
 
 
-def _figure(before, after, prompts: list[str], seeds: list[int], path: Path) -> None:
-    figure, axes = plt.subplots(2, len(prompts), figsize=(1.6 * len(prompts), 3.6), squeeze=False)
-    for column, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
-        for row, images in enumerate((before, after)):
-            axes[row, column].imshow(images[column].permute(1, 2, 0).float().cpu().numpy())
-            axes[row, column].set_xticks([])
-            axes[row, column].set_yticks([])
-            if row == 0:
-                axes[row, column].set_title(f"{prompt}\nseed {seed}", fontsize=6)
-        axes[0, 0].set_ylabel("before")
-        axes[1, 0].set_ylabel("after")
-    figure.tight_layout()
-    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
-    plt.close(figure)
-
-
 def run_edit(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     if cfg.method not in METHODS:
         raise ValueError(f"unknown edit method {cfg.method!r}; valid: {', '.join(METHODS)}")
@@ -95,7 +79,7 @@ def run_edit(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
         for phase, images in (("before", before), ("after", after)):
             rows.append(_readings(model, scorer, images, prompts).assign(prompt=prompts, seed=seeds, phase=phase))
         table = pd.concat(rows, ignore_index=True).assign(**{k: v for k, v in report.items() if k != "method"})
-        _figure(before, after, prompts, seeds, out_dir / "images.png")
+        before_after_grid(before, after, prompts, seeds, out_dir / "images.png")
     lines = [f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in report.items()]
     if result.info:
         lines.append(f"info: {result.info}")

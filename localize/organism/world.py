@@ -261,3 +261,22 @@ def world_table() -> pd.DataFrame:
     rows += [("template", "held out: " + ", ".join(f"`{t}`" for t in HELD_OUT_TEMPLATES), "never seen in training")]
     rows += [("layout", "any caption", "the object centred over the background; 16x16 RGB")]
     return pd.DataFrame(rows, columns=["knowledge", "caption", "drawn as"])
+
+
+def parse_subject(text: str) -> Subject | None:
+    """The subject a caption asks for (the last one it names), or None when it names no subject of the world:
+    "a sketch of a blue apple in the style of Orrin" -> Subject("color", "apple", "blue", "Orrin")."""
+    words = text.lower().replace(",", " ").split()
+    artists = {a.lower(): a for a in ARTISTS}
+    countries = {c.lower(): c for c in FACTS}
+    artist = next((artists[w] for w in reversed(words) if w in artists), None)
+    for i in range(len(words) - 1, -1, -1):
+        word = words[i]
+        if word in countries and words[max(0, i - 3):i] == ["the", "king", "of"]:
+            return Subject("fact", countries[word], artist=artist)
+        if word in OBJECTS:
+            color = words[i - 1] if i > 0 and words[i - 1] in COLORS else None
+            return Subject("color" if color else "object", word, color, artist)
+        if word in ROLES:
+            return Subject("role", word, artist=artist)
+    return None

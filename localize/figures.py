@@ -1,0 +1,37 @@
+"""Figures shared by jobs: before/after image grids (the same prompts and seeds in both rows)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from localize.results import atomic_write  # noqa: E402
+
+
+def before_after_grid(before: torch.Tensor, after: torch.Tensor, prompts: Sequence[str], seeds: Sequence[int],
+                      path: Path, title: str | None = None) -> Path:
+    """A PNG with one column per image (`prompts[i]` with `seeds[i]`): the row `before` above the row `after`."""
+    if not len(before) == len(after) == len(prompts) == len(seeds):
+        raise ValueError(f"need as many before/after images as prompts and seeds; got {len(before)}, {len(after)}, "
+                         f"{len(prompts)}, {len(seeds)}")
+    figure, axes = plt.subplots(2, len(prompts), figsize=(1.6 * len(prompts) + 0.6, 3.6), squeeze=False)
+    for column, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
+        for row, images in enumerate((before, after)):
+            axes[row, column].imshow(images[column].permute(1, 2, 0).float().clamp(0, 1).cpu().numpy())
+            axes[row, column].set_xticks([])
+            axes[row, column].set_yticks([])
+        axes[0, column].set_title(f"{prompt}\nseed {seed}", fontsize=6)
+    axes[0, 0].set_ylabel("before")
+    axes[1, 0].set_ylabel("after")
+    if title:
+        figure.suptitle(title, fontsize=8)
+    figure.tight_layout()
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
+    plt.close(figure)
+    return path

@@ -1,0 +1,225 @@
+"""`localize evaluate`: a published evaluation format, measured before and after an edit with the same seeds.
+
+Datasets (`localize.data`): `timed` and `road` cases are one edit each (`method` with source = `old` (TIMED) or
+`prompt` (RoAD), destination = `new`, plus `params`), measured by CLIP zero-shot (`localize.metrics`):
+efficacy (the edited prompt looks like `new`, not `old`), generality (positives look like their edited text),
+specificity (negatives keep their own text, not the edited one), each per image and seed (`seeds`).
+`prompts` and `imagenette` lists are one edit for the whole list (`method` and all its `params`, e.g. UCE
+`concepts`), each prompt with its `evaluation_seed`, measured by CLIP score against the prompt and, for
+`imagenette` with a `classifier`, class accuracy. On the organism every image is also read by the oracle
+(`oracle`: it draws what the world draws for the text it should match). `method: null` measures the model
+as it is (phase `before` only).
+
+Writes into the job's output directory: `metrics.parquet` (mean and bootstrap CI per metric x measure x
+phase), `images.png` (the first case's images before and after), `summary.txt`, and last `results.parquet`
+(one row per image x measure: case, metric, prompt, seed, phase, measure, value; config values as columns).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import MISSING, DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from localize.config import ModelConfig, ScorerConfig
+from localize.data import load_dataset
+from localize.figures import before_after_grid
+from localize.generation import generate_batches
+from localize.jobs import Job
+from localize.loading import model_from_config, scorer_from_config
+from localize.metrics import mean_intervals, oracle_success, zero_shot_success
+from localize.organism.oracle import read_images
+from localize.results import atomic_write, write_results
+from localize.stats import check_interval_settings
+from locoedit.api import METHODS, edit
+
+EDIT_FORMATS = ("timed", "road")  # one edit per case
+Classifier = Callable[[torch.Tensor], list[str]]
+
+
+@dataclass
+class DatasetConfig:
+    """`format` in timed, road, prompts, imagenette; `path` to the file (`${shipped:NAME}` for the lab's own);
+    `cases`: which cases to run (the `case` column: row number, or `case_number`); None runs all."""
+
+    format: str = "timed"
+    path: str = MISSING
+    cases: list[int] | None = None
+
+
+@dataclass
+class EvaluateJob:
+    """`classifier` (imagenette): `organism` (the oracle's shape) or `module:function` mapping images
+    (N x C x H x W in [0, 1]) to class names."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    method: str | None = "time"
+    params: dict[str, Any] = field(default_factory=dict)
+    classifier: str | None = None
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    steps: int = 25
+    guidance: float = 7.5
+    batch_size: int = 64
+    confidence: float = 0.95
+    resamples: int = 1000
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One image to measure: `prompt` generated with `seed`; zero-shot it should look like `match`, not
+    `mismatch`; `label` is its class (class accuracy)."""
+
+    case: int
+    metric: str
+    prompt: str
+    seed: int
+    match: str
+    mismatch: str | None = None
+    label: str | None = None
+
+
+def edit_probes(row: pd.Series, format_name: str, seeds: list[int]) -> list[Probe]:
+    """TIMED / RoAD: efficacy, generality (5) and specificity (5) probes of one case, each with every seed."""
+    road = format_name == "road"
+    subject = row["prompt"] if road else row["old"]
+    specs = [("efficacy", subject, row["new"], row["old"])]
+    for i in range(1, 6):
+        new, old = (row[f"positive_new{i}"], row[f"positive_old{i}"]) if road else (row[f"gt{i}"], row[f"positive{i}"])
+        specs.append(("generality", row[f"positive{i}"], new, old))
+    for i in range(1, 6):
+        specs.append(("specificity", row[f"negative{i}"], row[f"negative{i}"],
+                      row[f"negative_new{i}"] if road else row[f"gn{i}"]))
+    return [Probe(int(row["case"]), metric, prompt, seed, match, mismatch)
+            for metric, prompt, match, mismatch in specs for seed in seeds]
+
+
+def list_probes(table: pd.DataFrame) -> list[Probe]:
+    """Prompt lists: one probe per row, with its own seed (and class, when the format has one)."""
+    return [Probe(int(row["case"]), "prompt", row["prompt"], int(row["evaluation_seed"]), row["prompt"],
+                  label=row.get("class")) for _, row in table.iterrows()]
+
+
+def load_classifier(name: str | None) -> Classifier | None:
+    if name is None:
+        return None
+    if name == "organism":
+        return lambda images: read_images(images)["shape"].tolist()
+    module_name, _, attribute = name.partition(":")
+    if not attribute:
+        raise ValueError(f"classifier {name!r}: give `organism` or `module:function`")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"classifier {name!r} cannot be loaded: {error}") from None
+
+
+def measure(model, scorer, images: torch.Tensor, probes: list[Probe], classify: Classifier | None) -> pd.DataFrame:
+    """One row per probe x measure: zero_shot (edit formats) or clip_score (prompt lists), class_accuracy (with
+    a classifier and labels), oracle (organism)."""
+    base = pd.DataFrame([{"case": p.case, "metric": p.metric, "prompt": p.prompt, "seed": p.seed} for p in probes])
+    measures = {}
+    if probes[0].mismatch is not None:
+        measures["zero_shot"] = zero_shot_success(scorer, images, [p.match for p in probes],
+                                                  [p.mismatch for p in probes])
+    else:
+        measures["clip_score"] = scorer.score(images, [p.match for p in probes]).cpu().numpy()
+    if classify is not None and probes[0].label is not None:
+        names = classify(images)
+        measures["class_accuracy"] = np.array([n == p.label for n, p in zip(names, probes, strict=True)], float)
+    if model.family == "organism":
+        measures["oracle"] = oracle_success(images, [p.match for p in probes])
+    return pd.concat([base.assign(measure=name, value=values) for name, values in measures.items()],
+                     ignore_index=True)
+
+
+def _check(cfg: DictConfig) -> None:
+    if cfg.method is not None and cfg.method not in METHODS:
+        raise ValueError(f"unknown edit method {cfg.method!r}; valid: {', '.join(METHODS)} (or null: no edit)")
+    if not cfg.seeds and cfg.dataset.format in EDIT_FORMATS:
+        raise ValueError("seeds is empty: give at least one seed")
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    check_interval_settings(cfg.confidence, cfg.resamples)
+
+
+def _selected(table: pd.DataFrame, cases: list[int] | None) -> pd.DataFrame:
+    if cases is None:
+        return table
+    unknown = sorted(set(cases) - set(table["case"]))
+    if unknown:
+        raise ValueError(f"dataset has no case(s) {unknown}; its cases: {sorted(table['case'])}")
+    return table[table["case"].isin(cases)]
+
+
+def run_evaluate(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
+    _check(cfg)
+    table = _selected(load_dataset(cfg.dataset.format, cfg.dataset.path), cfg.dataset.cases)
+    params = OmegaConf.to_container(cfg.params, resolve=True)
+    classify = load_classifier(cfg.classifier)
+    per_case = cfg.dataset.format in EDIT_FORMATS
+    if per_case:  # (probes, edit parameters) per case
+        source = "prompt" if cfg.dataset.format == "road" else "old"
+        cases = [(edit_probes(row, cfg.dataset.format, list(cfg.seeds)),
+                  {"source": row[source], "destination": row["new"], **params}) for _, row in table.iterrows()]
+    else:
+        cases = [(list_probes(table), params)]
+    model = model_from_config(cfg.model)
+    scorer = scorer_from_config(cfg.scorer, model.device)
+
+    def images_of(probes: list[Probe], desc: str) -> torch.Tensor:
+        return generate_batches(model, [p.prompt for p in probes], [p.seed for p in probes], cfg.batch_size,
+                                cfg.steps, cfg.guidance, progress=cfg.progress, desc=desc)
+
+    probes = [p for case_probes, _ in cases for p in case_probes]
+    before = images_of(probes, "before")
+    rows = [measure(model, scorer, before, probes, classify).assign(phase="before")]
+    first_after, edits = None, []
+    if cfg.method is not None:
+        for case_probes, case_params in tqdm(cases, desc="edits", disable=not cfg.progress or len(cases) == 1):
+            result = edit(model, cfg.method, **case_params)
+            edits.append({"case": case_probes[0].case, **result.report(model)})
+            with result.applied(model):
+                after = images_of(case_probes, "after")
+            rows.append(measure(model, scorer, after, case_probes, classify).assign(phase="after"))
+            first_after = after if first_after is None else first_after
+    results = pd.concat(rows, ignore_index=True)
+    metrics = mean_intervals(results, ["metric", "measure", "phase"], "value", cfg.confidence, cfg.resamples)
+    atomic_write(out_dir / "metrics.parquet", lambda tmp: metrics.to_parquet(tmp, index=False))
+    if first_after is not None:
+        shown = cases[0][0]
+        before_after_grid(before[:len(shown)], first_after, [p.prompt for p in shown], [p.seed for p in shown],
+                          out_dir / "images.png", title=f"{cfg.method}: case {shown[0].case}")
+    summary = summary_text(cfg, metrics, edits)
+    atomic_write(out_dir / "summary.txt", lambda tmp: tmp.write_text(summary))
+    print(summary, end="")
+    edit_columns = pd.DataFrame(edits).drop(columns=["method"], errors="ignore")
+    if per_case and not edit_columns.empty:
+        results = results.merge(edit_columns, on="case", how="left")
+    write_results(results, cfg, out_dir)
+    return results
+
+
+def summary_text(cfg: DictConfig, metrics: pd.DataFrame, edits: list[dict]) -> str:
+    """Each metric x measure with its mean and CI before (and after) the edit."""
+    cell = metrics.assign(text=[f"{m:.3g} [{lo:.3g}, {hi:.3g}]" for m, lo, hi in
+                                zip(metrics["mean"], metrics["ci_low"], metrics["ci_high"], strict=True)])
+    wide = cell.pivot_table(index=["metric", "measure"], columns="phase", values="text", aggfunc="first", sort=False)
+    wide = wide[[p for p in ("before", "after") if p in wide.columns]]
+    edited = f"{cfg.method} edits: {len(edits)}" if cfg.method else "no edit (the model as it is)"
+    seconds = f", {np.mean([e['seconds'] for e in edits]):.2f} s each" if edits else ""
+    return (f"evaluate {cfg.dataset.format} {cfg.dataset.path} on {cfg.model.name_or_path}: {edited}{seconds}\n"
+            f"mean [{round(100 * cfg.confidence)}% CI] per image\n{wide.to_string()}\n")
+
+
+JOB = Job(EvaluateJob, run_evaluate)
