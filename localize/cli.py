@@ -1,4 +1,7 @@
-"""`localize JOB [hydra overrides]`: run one job (or a sweep with -m) with its config from `conf/JOB.yaml`."""
+"""`localize JOB [hydra overrides]`: run one job (or a sweep with -m) with its config from `conf/JOB.yaml`.
+
+A job with a positional key takes a bare first argument for it: `localize report DIR` is `run_dir=DIR`.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,11 @@ from localize.config import register_configs
 from localize.jobs import job_names, load_jobs
 
 
+def quoted(value: str) -> str:
+    """`value` as a quoted Hydra override value (any path, spaces and quotes included)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     names = job_names()
@@ -22,6 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     name = argv[0]
     jobs = load_jobs()
     register_configs(jobs)
+    positional = jobs[name].positional
+    if positional and len(argv) > 1 and "=" not in argv[1] and not argv[1].startswith("-"):
+        argv[1] = f"{positional}={quoted(argv[1])}"
 
     def run(cfg: DictConfig) -> None:
         jobs[name].run(cfg, Path(HydraConfig.get().runtime.output_dir))

@@ -112,4 +112,4 @@ def test_edit_job_saves_the_edit_its_lora_images_and_readings(tmp_path):
 
 def test_edit_job_rejects_an_unknown_method_before_loading(tmp_path):
     result = localize("edit", "method=rome", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert result.returncode != 0 and "unknown edit method 'rome'" in result.stderr
+    assert result.returncode != 0 and "Could not find 'method/rome'" in result.stderr and "uce" in result.stderr

@@ -1,7 +1,7 @@
 """Command-line jobs, found through the `localize.jobs` entry points so `localize` imports no method package.
 
-Each entry point names a `Job`: its config schema (registered as `base_<name>`, under `conf/<name>.yaml`) and
-its `run(cfg, out_dir)`.
+Each entry point names a `Job`: its config schema (registered as `base_<name>`, under `conf/<name>.yaml`), its
+`run(cfg, out_dir)`, and optionally the config key a bare first argument sets (`localize report DIR`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 class Job:
     schema: type
     run: Callable[[DictConfig, Path], object]
+    positional: str | None = None
 
 
 def job_names() -> list[str]:
