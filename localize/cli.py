@@ -1,6 +1,8 @@
 """`localize JOB [hydra overrides]`: run one job (or a sweep with -m) with its config from `conf/JOB.yaml`.
 
-A job with a positional key takes a bare first argument for it: `localize report DIR` is `run_dir=DIR`.
+A job with a positional key takes a bare first argument for it: `localize report DIR` is `run_dir=DIR`. Run
+directories: `conf/hydra/output/localize.yaml`; a job whose directory already holds its finished results for the
+same config is skipped (re-running an interrupted sweep with its `hydra.sweep.dir` redoes only the rest).
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from localize.config import register_configs
 from localize.jobs import job_names, load_jobs
@@ -19,6 +22,14 @@ from localize.jobs import job_names, load_jobs
 def quoted(value: str) -> str:
     """`value` as a quoted Hydra override value (any path, spaces and quotes included)."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def finished(cfg: DictConfig, out_dir: Path) -> bool:
+    """A job's output directory already holds its results (written last) for this same resolved config: a
+    re-run sweep skips it."""
+    config = out_dir / "config.yaml"
+    return ((out_dir / "results.parquet").is_file() and config.is_file()
+            and config.read_text() == OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,7 +46,11 @@ def main(argv: list[str] | None = None) -> None:
         argv[1] = f"{positional}={quoted(argv[1])}"
 
     def run(cfg: DictConfig) -> None:
-        jobs[name].run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        if HydraConfig.get().mode == RunMode.MULTIRUN and finished(cfg, out_dir):
+            print(f"skipping {out_dir}: finished with this config (its results.parquet exists)")
+            return
+        jobs[name].run(cfg, out_dir)
 
     sys.argv = [f"localize {name}", *argv[1:]]
     hydra.main(config_path="pkg://localize.conf", config_name=name, version_base="1.3")(run)()
