@@ -29,7 +29,7 @@ def test_config_typos_and_unknown_jobs_are_errors(tmp_path):
     result = localize("layers", "model.famly=sd1", f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
     assert result.returncode != 0 and "famly" in result.stderr
     result = localize("layerz", cwd=tmp_path)
-    assert result.returncode != 0 and "jobs: edit, layers, locogen, trace" in result.stderr
+    assert result.returncode != 0 and "jobs: demo, edit, evaluate, layers, locogen, report, trace" in result.stderr
     result = localize("layers", "model=random_sd15_tiny", "model.family=sd3", f"hydra.run.dir={tmp_path / 'y'}",
                       cwd=tmp_path)
     assert result.returncode != 0 and "unknown model family 'sd3'" in result.stderr

@@ -28,7 +28,7 @@ from localize.results import atomic_write, write_results
 
 @dataclass
 class Stage:
-    """`job` run with `overrides` (after the demo's `common` ones) into `<demo dir>/<name>`; `inputs` maps a
+    """`job` run with `overrides` (then the demo's `common` ones) into `<demo dir>/<name>`; `inputs` maps a
     config key to a file of an earlier stage (relative to the demo directory)."""
 
     name: str = MISSING
@@ -39,7 +39,7 @@ class Stage:
 
 @dataclass
 class DemoJob:
-    """`common`: overrides every stage takes (e.g. `model=random_sd15_tiny`)."""
+    """`common`: overrides every stage takes, after its own (e.g. `[steps=4, "seeds=[0]"]` for a smoke run)."""
 
     stages: list[Stage] = field(default_factory=list)
     common: list[str] = field(default_factory=list)
@@ -58,8 +58,8 @@ def _hydra_ready():
 
 
 def stage_config(stage: DictConfig, common: list[str], progress: bool, out_dir: Path) -> DictConfig:
-    """The stage's job config: `conf/<job>.yaml` with the common and the stage's overrides, then its inputs."""
-    cfg = compose(config_name=stage.job, overrides=[*common, *stage.overrides])
+    """The stage's job config: `conf/<job>.yaml` with the stage's and the common overrides, then its inputs."""
+    cfg = compose(config_name=stage.job, overrides=[*stage.overrides, *common])
     if "progress" in cfg:
         cfg.progress = progress
     for key, relative in stage.inputs.items():
@@ -132,7 +132,7 @@ def run_demo(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     with _hydra_ready():
         configs = {}
         for stage in cfg.stages:
-            print(f"== {stage.name}: localize {stage.job} {' '.join([*cfg.common, *stage.overrides])}", flush=True)
+            print(f"== {stage.name}: localize {stage.job} {' '.join([*stage.overrides, *cfg.common])}", flush=True)
             start = time.perf_counter()
             configs[stage.name] = stage_config(stage, list(cfg.common), cfg.progress, out_dir)
             jobs[stage.job].run(configs[stage.name], out_dir / stage.name)
