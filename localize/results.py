@@ -11,14 +11,19 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 
+class OutputNotWritableError(OSError):
+    """An output file whose directory cannot be created or written."""
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` on a temporary file next to `path`, then rename it into place (never half-written)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    except PermissionError:
-        raise PermissionError(f"cannot write {str(path)!r}: its directory is not writable") from None
+    except OSError as error:
+        raise OutputNotWritableError(f"cannot write {str(path)!r}: its directory is not writable "
+                                     f"({error.strerror})") from None
     os.close(fd)
     try:
         write(Path(tmp))

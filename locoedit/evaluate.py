@@ -1,13 +1,13 @@
 """`localize evaluate`: a published evaluation format, measured before and after an edit with the same seeds.
 
-Datasets (`localize.data`): `timed` and `road` cases are one edit each (`method` with source = `old` (TIMED) or
-`prompt` (RoAD), destination = `new`, plus `params`), measured by CLIP zero-shot (`localize.metrics`):
+Datasets (`localize.data`): `timed` and `road` cases are one edit each (method `edit` with source = `old`
+(TIMED) or `prompt` (RoAD), destination = `new`, plus `params`), measured by CLIP zero-shot (`localize.metrics`):
 efficacy (the edited prompt looks like `new`, not `old`), generality (positives look like their edited text),
 specificity (negatives keep their own text, not the edited one), each per image and seed (`seeds`).
-`prompts` and `imagenette` lists are one edit for the whole list (`method` and all its `params`, e.g. UCE
+`prompts` and `imagenette` lists are one edit for the whole list (`edit` and all its `params`, e.g. UCE
 `concepts`), each prompt with its `evaluation_seed`, measured by CLIP score against the prompt and, for
 `imagenette` with a `classifier`, class accuracy. On the organism every image is also read by the oracle
-(`oracle`: it draws what the world draws for the text it should match). `method: null` measures the model
+(`oracle`: it draws what the world draws for the text it should match). `edit: null` measures the model
 as it is (phase `before` only).
 
 Writes into the job's output directory: `metrics.parquet` (mean and bootstrap CI per metric x measure x
@@ -57,13 +57,14 @@ class DatasetConfig:
 
 @dataclass
 class EvaluateJob:
-    """`classifier` (imagenette): `organism` (the oracle's shape) or `module:function` mapping images
+    """`edit`: the edit method evaluated (time, uce, locoedit, diffquickfix, refact, neurons; null: none) with
+    `params`; `classifier` (imagenette): `organism` (the oracle's shape) or `module:function` mapping images
     (N x C x H x W in [0, 1]) to class names."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    method: str | None = "time"
+    edit: str | None = "time"
     params: dict[str, Any] = field(default_factory=dict)
     classifier: str | None = None
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
@@ -144,8 +145,8 @@ def measure(model, scorer, images: torch.Tensor, probes: list[Probe], classify: 
 
 
 def _check(cfg: DictConfig) -> None:
-    if cfg.method is not None and cfg.method not in METHODS:
-        raise ValueError(f"unknown edit method {cfg.method!r}; valid: {', '.join(METHODS)} (or null: no edit)")
+    if cfg.edit is not None and cfg.edit not in METHODS:
+        raise ValueError(f"unknown edit method {cfg.edit!r}; valid: {', '.join(METHODS)} (or null: no edit)")
     if not cfg.seeds and cfg.dataset.format in EDIT_FORMATS:
         raise ValueError("seeds is empty: give at least one seed")
     if cfg.batch_size < 1:
@@ -185,9 +186,9 @@ def run_evaluate(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     before = images_of(probes, "before")
     rows = [measure(model, scorer, before, probes, classify).assign(phase="before")]
     first_after, edits = None, []
-    if cfg.method is not None:
+    if cfg.edit is not None:
         for case_probes, case_params in tqdm(cases, desc="edits", disable=not cfg.progress or len(cases) == 1):
-            result = edit(model, cfg.method, **case_params)
+            result = edit(model, cfg.edit, **case_params)
             edits.append({"case": case_probes[0].case, **result.report(model)})
             with result.applied(model):
                 after = images_of(case_probes, "after")
@@ -199,7 +200,7 @@ def run_evaluate(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     if first_after is not None:
         shown = cases[0][0]
         before_after_grid(before[:len(shown)], first_after, [p.prompt for p in shown], [p.seed for p in shown],
-                          out_dir / "images.png", title=f"{cfg.method}: case {shown[0].case}")
+                          out_dir / "images.png", title=f"{cfg.edit}: case {shown[0].case}")
     summary = summary_text(cfg, metrics, edits)
     atomic_write(out_dir / "summary.txt", lambda tmp: tmp.write_text(summary))
     print(summary, end="")
@@ -216,7 +217,7 @@ def summary_text(cfg: DictConfig, metrics: pd.DataFrame, edits: list[dict]) -> s
                                 zip(metrics["mean"], metrics["ci_low"], metrics["ci_high"], strict=True)])
     wide = cell.pivot_table(index=["metric", "measure"], columns="phase", values="text", aggfunc="first", sort=False)
     wide = wide[[p for p in ("before", "after") if p in wide.columns]]
-    edited = f"{cfg.method} edits: {len(edits)}" if cfg.method else "no edit (the model as it is)"
+    edited = f"{cfg.edit} edits: {len(edits)}" if cfg.edit else "no edit (the model as it is)"
     seconds = f", {np.mean([e['seconds'] for e in edits]):.2f} s each" if edits else ""
     return (f"evaluate {cfg.dataset.format} {cfg.dataset.path} on {cfg.model.name_or_path}: {edited}{seconds}\n"
             f"mean [{round(100 * cfg.confidence)}% CI] per image\n{wide.to_string()}\n")

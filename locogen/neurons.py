@@ -89,7 +89,7 @@ def activations(model: Model, layers: Sequence[int], projection: str, prompts: S
             module = layer.key if projection == "to_k" else layer.value
             handles.append(module.register_forward_hook(
                 lambda _m, _a, out, k=k: recorded.__setitem__(k, out.float().mean(1).cpu())))
-        model.unet(sample, model.scheduler.timesteps[0], **conditioning)
+        model.unet(sample, 0, **conditioning)  # any timestep: the projections read the text alone
     finally:
         for handle in handles:
             handle.remove()

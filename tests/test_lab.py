@@ -1,0 +1,147 @@
+"""The lab around the methods: reports, the demo, sweeps (skip finished jobs, launchers) and the published
+experiments, each run end to end on a tiny model of its family."""
+
+import base64
+from html.parser import HTMLParser
+
+import matplotlib
+import pandas as pd
+import pytest
+from test_cli import localize
+
+from localize.report import EmptyReportError, build_report, write_report
+from localize.results import OutputNotWritableError
+
+matplotlib.use("Agg")
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.links, self.open = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        for key in ("href", "src"):
+            if key in attrs and tag != "img":
+                self.links.append(attrs[key])
+
+
+def _fake_run(path, kind_file=None):
+    import matplotlib.pyplot as plt
+
+    path.mkdir(parents=True)
+    pd.DataFrame({"x": [1, 2]}).to_parquet(path / "results.parquet")
+    (path / "config.yaml").write_text("seeds: [0]\n")
+    (path / "summary.txt").write_text("a <summary> & more\n")
+    figure = plt.figure(figsize=(1, 1))
+    figure.savefig(path / "curve.png")
+    plt.close(figure)
+    if kind_file:
+        pd.DataFrame({"window": [0], "layers": ["0,1"], "score": [1.0], "effect": [2.0], "effect_ci_low": [1.0],
+                      "effect_ci_high": [3.0], "chosen": [True]}).to_parquet(path / kind_file)
+
+
+def test_report_is_self_contained_and_escapes_text(tmp_path):
+    _fake_run(tmp_path / "sweep" / "a=1")
+    _fake_run(tmp_path / "sweep" / "a=2", "windows.parquet")
+    (tmp_path / "sweep" / "a=2" / ".hydra").mkdir()
+    (tmp_path / "sweep" / "a=2" / ".hydra" / "overrides.yaml").write_text("- a=2\n")
+    page, runs = build_report(tmp_path / "sweep")
+    assert [run.kind for run in runs] == ["layers", "locogen"]
+    parser = _Page()
+    parser.feed(page)
+    assert len(parser.images) == 2 and not [link for link in parser.links if not link.startswith("#")]
+    for src in parser.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "a &lt;summary&gt; &amp; more" in page and "windows (LOCOGEN)" in page and "<code>a=2</code>" in page
+
+
+def test_report_errors_leave_nothing_behind(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EmptyReportError, match="no finished run under"):
+        write_report(tmp_path / "empty")
+    assert list((tmp_path / "empty").iterdir()) == []
+    with pytest.raises(NotADirectoryError, match="is not a directory"):
+        write_report(tmp_path / "missing")
+    _fake_run(tmp_path / "run")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(OutputNotWritableError, match="its directory is not writable"):
+        write_report(tmp_path / "run", tmp_path / "a_file" / "report.html")
+    assert not (tmp_path / "run" / "report.html").exists()
+
+
+def test_report_command_takes_a_bare_directory_with_spaces(tmp_path):
+    run = tmp_path / "my run's dir"
+    _fake_run(run)
+    result = localize("report", str(run), f"hydra.run.dir={tmp_path / 'job'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (run / "report.html").is_file() and "report of 1 run(s)" in result.stdout
+
+
+def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
+    out = tmp_path / "demo"
+    result = localize("demo", "common=['steps=2', 'seeds=[0]']", "progress=false", f"hydra.run.dir={out}",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    stages = pd.read_parquet(out / "results.parquet")
+    assert stages["stage"].tolist() == ["trace", "locogen", "locoedit", "time", "uce", "evaluate"]
+    chosen = pd.read_parquet(out / "locogen" / "windows.parquet").query("chosen")["layers"].item()
+    from locoedit import load_edit
+
+    locoedit = load_edit(out / "locoedit" / "edit.safetensors")
+    layers = {int(k) for k in chosen.split(",")}
+    edited = {address.split(".attentions")[0] for address in locoedit.updates}
+    assert len(edited) >= 1 and locoedit.params["results"].endswith("locogen/results.parquet")
+    assert f"LOCOGEN chose cross-attention layers {chosen}" in result.stdout and len(layers) == 2
+    assert f"report: {(out / 'report.html').resolve()}" in result.stdout
+    page = (out / "report.html").read_text()
+    assert page.count("<section") == 7 and page.count("data:image/png;base64,") >= 8
+
+
+def test_sweep_reruns_only_unfinished_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ("layers", "-m", "model=random_sd15_tiny,random_sd21_tiny", f"hydra.sweep.dir={sweep}")
+    result = localize(*args, "hydra/launcher=local", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in sweep.iterdir() if p.is_dir()} == {"model=random_sd15_tiny", "model=random_sd21_tiny"}
+    (sweep / "model=random_sd21_tiny" / "results.parquet").unlink()
+    result = localize(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"skipping {sweep / 'model=random_sd15_tiny'}" in result.stdout and "sd2: UNet" in result.stdout
+    assert "sd1: UNet" not in result.stdout and (sweep / "model=random_sd21_tiny" / "results.parquet").is_file()
+
+
+def test_slurm_launcher_config_composes(tmp_path):
+    result = localize("layers", "hydra/launcher=slurm", "--cfg", "hydra", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in result.stdout
+
+
+TINY = ["model.device=null", "model.dtype=null", "scorer=organism", "steps=2", "seeds=[0]", "progress=false"]
+EXPERIMENTS = {
+    "locogen_sd15": ("locogen", "random_sd15_tiny", ["neurons.ks=[1]", "neurons.random_draws=1"]),
+    "locogen_sd21": ("locogen", "random_sd21_tiny", ["neurons.ks=[1]", "neurons.random_draws=1"]),
+    "locogen_openjourney": ("locogen", "random_sd15_tiny", ["neurons.ks=[1]", "neurons.random_draws=1"]),
+    "locogen_sdxl": ("locogen", "random_sdxl_tiny", ["m=2", "neurons.enabled=false"]),
+    "locogen_deepfloyd": ("locogen", "random_if_tiny", ["neurons.enabled=false"]),
+    "trace_sd15": ("trace", "random_sd15_tiny", ["unet_kinds=[cross_attn]"]),
+    "diffquickfix_sd15": ("edit", "random_sd15_tiny", ["evaluate=[a house in the style of Van Gogh]"]),
+    "time_timed_sd14": ("evaluate", "random_sd15_tiny", ["dataset.path=${shipped:organism_timed.csv}",
+                                                         "dataset.cases=[0]"]),
+    "uce_imagenette_sd14": ("evaluate", "random_sd15_tiny", ["dataset.path=${shipped:organism_shapes.csv}",
+                                                             "dataset.cases=[0,1]", "classifier=null"]),
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(EXPERIMENTS))
+def test_published_experiment_runs_on_the_tiny_model_of_its_family(experiment, tmp_path):
+    job, model, overrides = EXPERIMENTS[experiment]
+    out = tmp_path / "run"
+    result = localize(job, f"+experiment={experiment}", f"model={model}", *TINY, *overrides,
+                      f"hydra.run.dir={out}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (out / "results.parquet").is_file() and (out / "config.yaml").is_file()
