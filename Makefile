@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/localize layers model=random_sd15_full
+	$(VENV)/bin/localize demo
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -131,8 +131,9 @@ def decode(model: Model, latents: torch.Tensor) -> torch.Tensor:
 
 def generate_batches(model: Model, prompts: Sequence[str], seeds: Sequence[int], batch_size: int, steps: int = 25,
                      guidance: float = 7.5, progress: bool = False, desc: str = "generating") -> torch.Tensor:
-    """`generate` in batches of at most `batch_size` rows (same images: a row depends only on its prompt and
-    seed), with a progress bar over the batches; N x C x H x W on the model's device."""
+    """`generate` in batches of at most `batch_size` rows, with a progress bar over the batches (a row depends
+    only on its prompt and seed, so the images equal one big batch's up to floating-point batch effects);
+    N x C x H x W on the model's device."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     prompts, seeds = list(prompts), list(seeds)
