@@ -64,12 +64,11 @@ class PromptSet:
 
 
 @dataclass
-class PromptJobConfig:
-    """What every job that generates and scores a prompt set takes (`trace`, `locogen`): the model, the prompt
-    set, the scorer, the seeds, the sampler, the batch size, and the bootstrap of its confidence intervals."""
+class ScoredJobConfig:
+    """What every job that generates and scores images takes (`trace`, `locogen`, `evaluate`): the model, the
+    scorer, the seeds, the sampler, the batch size, and the bootstrap of its confidence intervals."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    prompts: PromptSet = field(default_factory=PromptSet)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     steps: int = 25
@@ -78,6 +77,13 @@ class PromptJobConfig:
     confidence: float = 0.95
     resamples: int = 1000
     progress: bool = True
+
+
+@dataclass
+class PromptJobConfig(ScoredJobConfig):
+    """A scored job over a prompt set (`trace`, `locogen`)."""
+
+    prompts: PromptSet = field(default_factory=PromptSet)
 
 
 def register_configs(jobs: dict) -> None:

@@ -38,8 +38,12 @@ class EmptyReportError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class Run:
+    """A finished run: its directory, its kind, its name (the path under the report's root) and its overrides."""
+
     path: Path
     kind: str
+    name: str
+    overrides: str
 
 
 def find_runs(root: Path, exclude: Path | None = None) -> list[Run]:
@@ -53,7 +57,7 @@ def find_runs(root: Path, exclude: Path | None = None) -> list[Run]:
         if exclude is not None and run.resolve().is_relative_to(Path(exclude).resolve()):
             continue
         kind = next((name for name, (marker, _) in KINDS.items() if (run / marker).exists()), "layers")
-        runs.append(Run(run, kind))
+        runs.append(Run(run, kind, str(run.relative_to(root)), _overrides(run)))
     if not runs:
         raise EmptyReportError(f"no finished run under {str(root)!r}: no {RESULTS} found (a job writes it last)")
     return runs
@@ -85,12 +89,10 @@ def _overrides(run: Path) -> str:
     return " ".join(overrides) if overrides else ""
 
 
-def run_section(run: Run, root: Path, anchor: str) -> str:
-    name = str(run.path.relative_to(root)) if run.path != root else "."
-    overrides = _overrides(run.path)
-    parts = [f'<section id="{anchor}"><h2>{html.escape(run.kind)}: {html.escape(name)}</h2>']
-    if overrides:
-        parts.append(f"<p class=overrides>overrides: <code>{html.escape(overrides)}</code></p>")
+def run_section(run: Run, anchor: str) -> str:
+    parts = [f'<section id="{anchor}"><h2>{html.escape(run.kind)}: {html.escape(run.name)}</h2>']
+    if run.overrides:
+        parts.append(f"<p class=overrides>overrides: <code>{html.escape(run.overrides)}</code></p>")
     parts.append(_text(run.path / "demo.txt") or _text(run.path / "summary.txt"))
     for file, title, columns, top in KINDS.get(run.kind, ("", []))[1]:
         if (run.path / file).exists():
@@ -116,10 +118,9 @@ def build_report(root: Path, exclude: Path | None = None, title: str | None = No
     root = Path(root)
     runs = find_runs(root, exclude)
     title = title or f"localize report: {root.resolve().name}"
-    index = "".join(f'<li><a href="#run{i}">{html.escape(run.kind)}: '
-                    f"{html.escape(str(run.path.relative_to(root)) if run.path != root else '.')}</a> "
-                    f"<code>{html.escape(_overrides(run.path))}</code></li>" for i, run in enumerate(runs))
-    sections = "\n".join(run_section(run, root, f"run{i}") for i, run in enumerate(runs))
+    index = "".join(f'<li><a href="#run{i}">{html.escape(run.kind)}: {html.escape(run.name)}</a> '
+                    f"<code>{html.escape(run.overrides)}</code></li>" for i, run in enumerate(runs))
+    sections = "\n".join(run_section(run, f"run{i}") for i, run in enumerate(runs))
     page = (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<p>{len(runs)} run(s) under <code>{html.escape(str(root.resolve()))}</code></p><ul>{index}</ul>"

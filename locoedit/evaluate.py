@@ -29,7 +29,7 @@ import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from localize.config import ModelConfig, ScorerConfig
+from localize.config import ScoredJobConfig
 from localize.data import load_dataset
 from localize.figures import before_after_grid
 from localize.generation import generate_batches
@@ -56,24 +56,15 @@ class DatasetConfig:
 
 
 @dataclass
-class EvaluateJob:
+class EvaluateJob(ScoredJobConfig):
     """`edit`: the edit method evaluated (time, uce, locoedit, diffquickfix, refact, neurons; null: none) with
     `params`; `classifier` (imagenette): `organism` (the oracle's shape) or `module:function` mapping images
     (N x C x H x W in [0, 1]) to class names."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    scorer: ScorerConfig = field(default_factory=ScorerConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     edit: str | None = "time"
     params: dict[str, Any] = field(default_factory=dict)
     classifier: str | None = None
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
-    steps: int = 25
-    guidance: float = 7.5
-    batch_size: int = 64
-    confidence: float = 0.95
-    resamples: int = 1000
-    progress: bool = True
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import hydra
 import torch
-from benchmarking import timed
+from benchmarking import BenchSettings, timed
 from hydra.core.config_store import ConfigStore
 
 from localize import generate, load_model
@@ -26,17 +26,11 @@ from locogen.layer_search import SearchSettings, Unit, batched_window_scores, se
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(BenchSettings):
     prompt: str = "a photo of a ball in the style of Velmor"
     altered: str = "a photo of a ball"
     text: str = "a ball in the style of Velmor"
-    seed: int = 0
     m: int = 2
-    steps: int = 25
-    guidance: float = 7.5
-    batch_size: int = 64
-    device: str = "cpu"
-    dtype: str | None = None
 
 
 ConfigStore.instance().store(name="bench_locogen", node=BenchConfig)

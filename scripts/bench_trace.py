@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import hydra
 import torch
-from benchmarking import timed
+from benchmarking import BenchSettings, timed
 from hydra.core.config_store import ConfigStore
 
 from causal_tracing.tracing import TraceSettings, Unit, batched_scores, prompt_states, serial_scores, unit_noise_stds
@@ -25,16 +25,10 @@ from localize.scoring import ClipScorer
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(BenchSettings):
     prompt: str = "a photo of an apple"
     attribute: str = "apple"
     text: str = "an apple"
-    seed: int = 0
-    steps: int = 25
-    guidance: float = 7.5
-    batch_size: int = 64
-    device: str = "cpu"
-    dtype: str | None = None
 
 
 ConfigStore.instance().store(name="bench_trace", node=BenchConfig)

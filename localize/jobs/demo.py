@@ -130,12 +130,10 @@ def run_demo(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
         raise ValueError(f"stage names must be distinct, got {names}")
     rows = []
     with _hydra_ready():
-        configs = {}
         for stage in cfg.stages:
             print(f"== {stage.name}: localize {stage.job} {' '.join([*stage.overrides, *cfg.common])}", flush=True)
             start = time.perf_counter()
-            configs[stage.name] = stage_config(stage, list(cfg.common), cfg.progress, out_dir)
-            jobs[stage.job].run(configs[stage.name], out_dir / stage.name)
+            jobs[stage.job].run(stage_config(stage, list(cfg.common), cfg.progress, out_dir), out_dir / stage.name)
             rows.append({"stage": stage.name, "job": stage.job, "seconds": time.perf_counter() - start,
                          "directory": str(out_dir / stage.name), "headline": headline(stage.job, out_dir / stage.name)})
     table = pd.DataFrame(rows)
