@@ -1,10 +1,12 @@
-"""UCE debiasing: iterate the attribute weights of a concept's edit until the generated split matches the target.
+"""UCE debiasing: search the attribute weights of a concept's edit until the generated split matches the target.
 
 The concept's last word and end span (keys) project like c + sum_i alpha_i (a_i - c), with c the concept's text
 and a_i the text of its attribute prompt i at the paired positions (UCE's alignment). Each round applies the edit,
-generates the concept over `seeds`, classifies the images into the attributes, and moves alpha_i by
-`rate` x (target_i - measured_i); it stops when every share is within `tolerance` of its target, and returns
-the best round's edit with the history of every round.
+generates the concept over `seeds`, classifies the images into the attributes, and moves each alpha_i by
+`rate` x (target_i - measured_i) until that attribute has been seen both under and over its target; from then on
+alpha_i bisects the bracket (a measured share jumps steeply with alpha, so proportional steps alone overshoot).
+It stops when every share is within `tolerance` of its target and returns the best round's edit with the history
+of every round.
 """
 
 from __future__ import annotations
@@ -60,21 +62,52 @@ def mixed(attribute_rows: Sequence[Rows], alpha: Sequence[float]) -> Rows:
     return rows
 
 
+def search_weights(measure: Callable[[list[float]], list[float]], split: Sequence[float], tolerance: float,
+                   rounds: int, rate: float) -> list[dict]:
+    """Rounds of {round, alpha, shares, gap}: round 0 measures alpha = 0 (no edit), each later round the next
+    weights. Per attribute: a proportional step (`rate` x error) while its share has only been under (or only
+    over) target, then the midpoint of the tightest bracket [highest alpha under, lowest alpha over]. Stops at
+    the first edited round within `tolerance` (max absolute share error) or after `rounds` edited rounds."""
+    alpha = [0.0] * len(split)
+    under = [-float("inf")] * len(split)  # highest alpha_i seen with share_i below its target
+    over = [float("inf")] * len(split)  # lowest alpha_i seen with share_i above its target
+    history = []
+    for round_ in range(rounds + 1):
+        measured = measure(alpha)
+        errors = [s - m for s, m in zip(split, measured, strict=True)]
+        gap = max(abs(e) for e in errors)
+        history.append({"round": round_, "alpha": list(alpha), "shares": measured, "gap": gap})
+        if round_ == rounds or round_ > 0 and gap <= tolerance:
+            break
+        proposed = []
+        for i, (a, error) in enumerate(zip(alpha, errors, strict=True)):
+            if error > 0:
+                under[i] = max(under[i], a)
+            elif error < 0:
+                over[i] = min(over[i], a)
+            bracketed = under[i] > -float("inf") and over[i] < float("inf")
+            proposed.append((under[i] + over[i]) / 2 if bracketed and error else a + rate * error)
+        alpha = proposed
+    return history
+
+
 def debias(model: Model, concept: str, attributes: Sequence[str], classify: Classifier,
            split: Sequence[float] | None = None, templates: Sequence[str] = (), seeds: Sequence[int] = range(16),
            steps: int = 25, guidance: float = 7.5, tolerance: float = 0.1, rounds: int = 8, rate: float = 1.0,
            lam: float = 0.5, preserve: Sequence[str] = (), preserve_scale: float = 0.1,
            layers: Sequence[int] | None = None) -> tuple[dict[str, WeightUpdate], dict]:
     """Debias `concept` (e.g. "a doctor") over `attributes` (one prompt each, e.g. ["a red doctor", "a blue
-    doctor"]) towards `split` (uniform by default). Returns the updates and {alpha, shares, history}."""
+    doctor"]) towards `split` (uniform by default). Returns the best edited round's updates and
+    {alpha, shares, history}."""
     check_lam(lam)
     attributes = as_list(attributes, "attributes")
     split = [1 / len(attributes)] * len(attributes) if split is None else list(split)
     if len(attributes) < 2 or len(split) != len(attributes) or abs(sum(split) - 1) > 1e-6 or min(split) < 0:
         raise ValueError(f"need two or more attributes and a split of one non-negative share each summing to 1; "
                          f"got attributes {attributes} and split {split}")
-    if not 0 < tolerance < 1 or rounds < 1:
-        raise ValueError(f"tolerance must be in (0, 1) and rounds >= 1, got {tolerance!r} and {rounds!r}")
+    if not 0 < tolerance < 1 or rounds < 1 or not rate > 0:
+        raise ValueError(f"tolerance must be in (0, 1), rounds >= 1 and rate > 0, got {tolerance!r}, {rounds!r} "
+                         f"and {rate!r}")
     concepts = augmented(concept, templates)
     pairs = [pair_prompts(model, concepts, augmented(attribute, templates), "final") for attribute in attributes]
     pairs = [[trimmed(pair, min(len(ps[i].source_positions) for ps in pairs)) for i, pair in enumerate(ps)]
@@ -82,26 +115,21 @@ def debias(model: Model, concept: str, attributes: Sequence[str], classify: Clas
     attribute_rows = [pair_rows(model, ps) for ps in pairs]
     preserved = pair_rows(model, pair_prompts(model, list(preserve), list(preserve), "final")) if preserve else None
     seeds = list(seeds)
+    solved = {}
 
-    def measure(updates) -> list[float]:
+    def measure(alpha: list[float]) -> list[float]:
+        updates = {}
+        if any(alpha):
+            updates = solved[tuple(alpha)] = solve_projections(model, layers, mixed(attribute_rows, alpha), lam,
+                                                               preserved, preserve_scale)
         with Edit("uce", model.family, {}, updates).applied(model) if updates else nullcontext():
             images = generate(model, [concept] * len(seeds), seeds, steps=steps, guidance=guidance)
         return shares(classify(images), len(attributes))
 
-    alpha = [0.0] * len(attributes)
-    history, best = [], None
-    updates = {}
-    for round_ in range(rounds + 1):
-        measured = measure(updates)
-        gap = max(abs(m - s) for m, s in zip(measured, split, strict=True))
-        history.append({"round": round_, "alpha": list(alpha), "shares": measured, "gap": gap})
-        if updates and (best is None or gap < best[0]):
-            best = (gap, updates, list(alpha), measured)
-        if gap <= tolerance and updates or round_ == rounds:
-            break
-        alpha = [a + rate * (s - m) for a, s, m in zip(alpha, split, measured, strict=True)]
-        updates = solve_projections(model, layers, mixed(attribute_rows, alpha), lam, preserved, preserve_scale)
-    if best is None:
-        raise ValueError(f"debiasing found no edit: the split {history[0]['shares']} needs at least one round")
-    _, updates, alpha, measured = best
-    return updates, {"alpha": alpha, "shares": measured, "history": history}
+    history = search_weights(measure, split, tolerance, rounds, rate)
+    edited = [entry for entry in history[1:] if any(entry["alpha"])]
+    if not edited:
+        raise ValueError(f"debiasing found no edit: the measured split {history[0]['shares']} already equals the "
+                         f"target {split}, so every attribute weight stayed 0")
+    best = min(edited, key=lambda entry: entry["gap"])
+    return solved[tuple(best["alpha"])], {"alpha": best["alpha"], "shares": best["shares"], "history": history}
