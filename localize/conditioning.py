@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
+from localize.context_cache import has_hooks, parameter_state
 from localize.generation import image_size
 from localize.model import CrossAttentionLayer, Model
 
@@ -16,8 +17,14 @@ from localize.model import CrossAttentionLayer, Model
 @torch.no_grad()
 def text_contexts(model: Model, prompts: Sequence[str]) -> torch.Tensor:
     """The conditioning every cross-attention layer receives for `prompts` (after the UNet's own projection of
-    the encoder states, e.g. IF's `encoder_hid_proj`), encoded as one batch: N x tokens x features."""
-    return encode_contexts(model, prompts)
+    the encoder states, e.g. IF's `encoder_hid_proj`): N x tokens x features. Prompts in `model.context_cache`
+    for the current text weights are not encoded again; the others are encoded as one batch. While any hook
+    sits on the text side (a patch, a recording) nothing is read from or written to the cache."""
+    modules = model.text_side
+    if has_hooks(modules):
+        return encode_contexts(model, prompts)
+    return model.context_cache.contexts(parameter_state(modules), list(prompts),
+                                        lambda missing: encode_contexts(model, missing))
 
 
 def encode_contexts(model: Model, prompts: Sequence[str]) -> torch.Tensor:

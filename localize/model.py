@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import diffusers
@@ -21,6 +21,7 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
+from localize.context_cache import ContextCache
 from localize.families import TEXT_ENCODER_ARCHS, Family, detect_family, get_family
 
 
@@ -134,7 +135,8 @@ class Model:
     """A pipeline and its tables. Build with `load_model` or `random_model`.
 
     `cross_attention_layers`, `unet_components`: execution order over the UNet. `text_encoder_layers`: encoder by
-    encoder (in `text_encoders` order), layer by layer.
+    encoder (in `text_encoders` order), layer by layer. `context_cache`: the text contexts `text_contexts` has
+    encoded for the current text weights.
     """
 
     pipeline: DiffusionPipeline
@@ -142,6 +144,7 @@ class Model:
     cross_attention_layers: list[CrossAttentionLayer]
     text_encoder_layers: list[TextEncoderLayer]
     unet_components: list[UNetComponent]
+    context_cache: ContextCache = field(default_factory=ContextCache, repr=False, compare=False)
 
     @classmethod
     def from_pipeline(cls, pipeline: DiffusionPipeline, family: str | None = None) -> Model:
@@ -193,6 +196,12 @@ class Model:
     @property
     def text_encoders(self) -> tuple[nn.Module, ...]:
         return tuple(getattr(self.pipeline, attr) for attr in self.spec.text_encoders)
+
+    @property
+    def text_side(self) -> tuple[nn.Module, ...]:
+        """Every module the text contexts depend on: the text encoders and the UNet's text projection (IF)."""
+        projection = getattr(self.unet, "encoder_hid_proj", None)
+        return self.text_encoders + ((projection,) if projection is not None else ())
 
     @property
     def tokenizers(self) -> tuple:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from localize.model import Model
-from locoedit.cross_attention import pair_prompts, pair_rows, solve_projections
+from locoedit.cross_attention import Rows, pair_prompts, pair_rows, solve_projections
 from locoedit.edits import WeightUpdate
 from locoedit.prompts import TIME_TEMPLATES, as_list, augmented_pairs, check_lam
 
@@ -20,14 +20,29 @@ UCE_MODES = ("erase", "moderate")
 
 
 def time(model: Model, source: str | Sequence[str], destination: str | Sequence[str], lam: float = 0.1,
-         templates: Sequence[str] = TIME_TEMPLATES, layers: Sequence[int] | None = None) -> dict[str, WeightUpdate]:
+         templates: Sequence[str] = TIME_TEMPLATES, layers: Sequence[int] | None = None,
+         preserve: Sequence[str] = (), preserve_scale: float = 1.0) -> dict[str, WeightUpdate]:
     """TIME: every token of the source prompts (padding included) projects like its aligned destination token,
     in the key and value projections of every cross-attention layer (or `layers`). The destination must contain
-    the source's words in order ("a pack of roses" -> "a pack of blue roses")."""
+    the source's words in order ("a pack of roses" -> "a pack of blue roses"). `preserve` (not in the paper, off
+    by default) keeps every token of those prompts projecting as before, with weight `preserve_scale`: the
+    solver's preservation term, as UCE uses it."""
     check_lam(lam)
     src, dst = augmented_pairs(source, destination, templates)
     rows = pair_rows(model, pair_prompts(model, src, dst, "time"))
-    return solve_projections(model, layers, rows, lam)
+    return solve_projections(model, layers, rows, lam, preserved_rows(model, src, preserve, "time"), preserve_scale)
+
+
+def preserved_rows(model: Model, edited: Sequence[str], preserve: Sequence[str], alignment: str) -> Rows | None:
+    """The `preserve` prompts' rows at the alignment's positions, each kept as it projects now (None when there
+    are none); a prompt both edited and preserved is an error."""
+    if not preserve:
+        return None
+    preserve = as_list(preserve, "preserve")
+    overlap = sorted(set(preserve) & set(edited))
+    if overlap:
+        raise ValueError(f"prompts {overlap} are both edited and preserved")
+    return pair_rows(model, pair_prompts(model, preserve, preserve, alignment))
 
 
 def chosen_layers(results: str | Path) -> list[int]:
@@ -92,13 +107,7 @@ def uce(model: Model, concepts: str | Sequence[str], guides: str | Sequence[str]
         keys, targets = guided(transform)
         return keys, keys + strength * (targets - keys)
 
-    preserved = None
-    if preserve:
-        preserve = as_list(preserve, "preserve")
-        overlap = sorted(set(preserve) & set(src))
-        if overlap:
-            raise ValueError(f"prompts {overlap} are both edited and preserved")
-        preserved = pair_rows(model, pair_prompts(model, preserve, preserve, "final"))
-        preserve_scale = uce_preserve_scale(len(preserve)) if preserve_scale is None else preserve_scale
-    return solve_projections(model, layers, rows, lam, preserved, preserve_scale or 0.0)
+    if preserve_scale is None:
+        preserve_scale = uce_preserve_scale(len(as_list(preserve, "preserve"))) if preserve else 0.0
+    return solve_projections(model, layers, rows, lam, preserved_rows(model, src, preserve, "final"), preserve_scale)
 

@@ -68,8 +68,9 @@ def encode_recording(model: Model, prompts: Sequence[str], module: torch.nn.Modu
     return contexts, recorded["inputs"]
 
 
-def _pairs(model: Model, encoder: int, sources: list[str], destinations: list[str], source_subject, destination_subject
-           ) -> list[tuple[list[int], list[int]]]:
+def subject_positions(model: Model, encoder: int, sources: list[str], destinations: list[str], source_subject,
+                      destination_subject) -> list[tuple[list[int], list[int]]]:
+    """Per pair: (source, destination) positions of the last subject token, then the end span (`subject_span`)."""
     tokenizer = model.tokenizers[encoder]
     return [subject_span(tokenizer, s, d, source_subject, destination_subject, model.spec.max_tokens)
             for s, d in zip(sources, destinations, strict=True)]
@@ -78,20 +79,27 @@ def _pairs(model: Model, encoder: int, sources: list[str], destinations: list[st
 @torch.no_grad()
 def diffquickfix(model: Model, source: str | Sequence[str], destination: str | Sequence[str],
                  subject: str | None = None, destination_subject: str | None = None, lam: float = 0.01,
-                 templates: Sequence[str] = TIME_TEMPLATES, encoder: int = 0, layer: int = 0
-                 ) -> dict[str, WeightUpdate]:
+                 templates: Sequence[str] = TIME_TEMPLATES, encoder: int = 0, layer: int = 0,
+                 preserve: Sequence[str] = (), preserve_scale: float = 1.0) -> dict[str, WeightUpdate]:
     """DiffQuickFix: text encoder `encoder`, layer `layer` (default 0, the causal state tracing finds),
     `self_attn.out_proj`. Keys: its inputs at the source prompts' last subject token (last word when `subject`
     is None) and the end span after it; targets: W applied to the destination prompts' inputs at the paired
-    positions, without the bias (the layer adds it back, so counting it in the target would add it twice)."""
+    positions, without the bias (the layer adds it back, so counting it in the target would add it twice).
+    `preserve` (not in the paper, off by default) keeps the projection's output at every token of those prompts,
+    with weight `preserve_scale` (the solver's preservation term)."""
     check_lam(lam)
     src, dst = augmented_pairs(source, destination, templates)
-    positions = _pairs(model, encoder, src, dst, subject, destination_subject)
+    positions = subject_positions(model, encoder, src, dst, subject, destination_subject)
     projection, address = linear_of(model, text_layer(model, encoder, layer), "attention_out")
-    _, inputs = encode_recording(model, src + dst, projection)
+    preserve = list(preserve)
+    overlap = sorted(set(preserve) & set(src))
+    if overlap:
+        raise ValueError(f"prompts {overlap} are both edited and preserved")
+    _, inputs = encode_recording(model, src + dst + preserve, projection)
     keys = torch.cat([inputs[i, p] for i, (p, _) in enumerate(positions)])
     targets = torch.cat([inputs[len(src) + i, q] for i, (_, q) in enumerate(positions)])
-    problem = RidgeProblem(keys, lam)
+    kept = inputs[len(src) + len(dst):].flatten(0, 1) if preserve else None
+    problem = RidgeProblem(keys, lam, kept, preserve_scale)
     up, down = problem.factors(problem.input_residuals(projection.weight, targets))
     return {address: WeightUpdate.from_factors(projection.weight, up, down)}
 
@@ -130,7 +138,7 @@ def refact(model: Model, source: str | Sequence[str], destination: str | Sequenc
     layer = n_layers // 2 if layer is None else layer
     projection, address = linear_of(model, text_layer(model, encoder, layer), "mlp_out")
     src, dst = augmented_pairs(source, destination, templates)
-    positions = _pairs(model, encoder, src, dst, subject, destination_subject)
+    positions = subject_positions(model, encoder, src, dst, subject, destination_subject)
     with torch.no_grad():
         corpus_keys = encode_recording(model, list(corpus or default_corpus(model)), projection)[1]
         corpus_keys = corpus_keys.flatten(0, 1).double()
@@ -139,8 +147,8 @@ def refact(model: Model, source: str | Sequence[str], destination: str | Sequenc
         check_lam(lam)
         destination_contexts = encode_recording(model, dst, projection)[0].float()
         source_inputs = encode_recording(model, src, projection)[1]
-        subject_positions = [p[0] for p, _ in positions]
-        key = torch.stack([source_inputs[i, p] for i, p in enumerate(subject_positions)]).double().mean(0)
+        subject_tokens = [p[0] for p, _ in positions]
+        key = torch.stack([source_inputs[i, p] for i, p in enumerate(subject_tokens)]).double().mean(0)
     target = torch.cat([destination_contexts[i, q] for i, (_, q) in enumerate(positions)])
     scale = target.pow(2).mean()
     generator = torch.Generator().manual_seed(seed)
@@ -152,7 +160,7 @@ def refact(model: Model, source: str | Sequence[str], destination: str | Sequenc
             p.requires_grad_(False)
         for _ in range(steps):
             optimizer.zero_grad()
-            contexts = encode_recording(model, src, projection, add=(shift, subject_positions))[0].float()
+            contexts = encode_recording(model, src, projection, add=(shift, subject_tokens))[0].float()
             edited = torch.cat([contexts[i, p] for i, (p, _) in enumerate(positions)])
             loss = (edited - target).pow(2).mean() / scale + weight_decay * shift.pow(2).mean()
             loss.backward()

@@ -1,13 +1,19 @@
 """Every edit method on the organism, scored by its exact oracle: the organism's ground truth for the methods.
 
 - TIME "an apple" -> "a blue apple": efficacy (train templates read blue), generality (held-out templates),
-  specificity (other objects keep their default colors).
+  specificity (other objects keep their default colors); at the paper's lambda 0.1, at lambda 100, and at 0.1
+  with preserved prompts (the other objects in a style context, the kings; none of them measured).
 - UCE erase: Velmor's style (stripes) mapped to the plain object, Quessa's preserved: efficacy (Velmor prompts
   of held-out objects read plain), specificity (Quessa prompts still read checker).
 - UCE debias: "a doctor" (planted 90% blue) over red / blue: the split after debiasing.
 - DiffQuickFix and ReFACT "the king of Zarnia" -> "a blue box": efficacy (the king reads a blue square),
-  specificity (the other kings keep their shape and color).
+  specificity (the other kings keep their shape and color); DiffQuickFix at the paper's lambda 0.01, at 1, and
+  at 0.01 preserving unrelated prompts (the objects, the roles).
 - LOCOEDIT "X in the style of Velmor" -> "X" at LOCOGEN's chosen window (styles: 5,6) against a control window.
+- Reach: which of the king's text positions the UNet reads the fact from. The text encoder's last layer output at
+  the subject token, the end token, the padding after it, or both is replaced by "a blue box"'s at the paired
+  positions (conditional branch only), and the oracle reads the images: an edit can only work through positions
+  that carry the fact.
 
     python scripts/organism_edits.py [--seeds 16] [--device cuda]
 """
@@ -18,13 +24,16 @@ import argparse
 from contextlib import nullcontext
 
 import pandas as pd
+import torch
 
 import locoedit
 from localize import generate, load_model
+from localize.conditioning import encode_contexts
 from localize.organism.oracle import read_images
 from localize.organism.world import FACTS, HELD_OUT_TEMPLATES, OBJECTS, TRAIN_TEMPLATES, article
+from localize.patches import Patch
 from locoedit.debias import organism_classifier
-from locoedit.prompts import TIME_TEMPLATES
+from locoedit.text_encoder import subject_positions, text_layer
 
 
 def read(model, prompts, seeds, edit=None) -> pd.DataFrame:
@@ -45,6 +54,32 @@ def phrase(noun: str) -> str:
     return f"{article(noun)} {noun}"
 
 
+def reach(model, source: str, destination: str, subject: str, destination_subject: str, seeds) -> dict[str, float]:
+    """Share of images read as the destination's (shape, color) when the source's last text-encoder layer output
+    takes the destination's values at the subject token, the end token, the padding after it, or both."""
+    last = text_layer(model, 0, sum(entry.encoder == 0 for entry in model.text_encoder_layers) - 1)
+    hidden = {}
+    record = lambda _module, _args, out: hidden.setdefault("out", out[0] if isinstance(out, tuple) else out)  # noqa: E731
+    handle = last.module.register_forward_hook(record)
+    try:
+        with torch.no_grad():
+            encode_contexts(model, [destination])
+    finally:
+        handle.remove()
+    src, dst = subject_positions(model, 0, [source], [destination], subject, destination_subject)[0]
+    wanted = read(model, [destination], seeds[:1])[["shape", "color"]].iloc[0].to_dict()
+    shares = {}
+    for span, chosen in (("subject", slice(0, 1)), ("end token", slice(1, 2)), ("padding", slice(2, None)),
+                         ("end token and padding", slice(1, None))):
+        value = torch.zeros(model.spec.max_tokens, hidden["out"].shape[-1])
+        value[list(src[chosen])] = hidden["out"][0, list(dst[chosen])]
+        patch = Patch(f"text_encoder.0.layers.{last.index}", "replace", value, tokens=tuple(src[chosen]),
+                      branch="cond")
+        images = generate(model, [source] * len(seeds), seeds, steps=25, guidance=7.5, patches=[patch])
+        shares[span] = share(read_images(images), **wanted)
+    return shares
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=16)
@@ -62,16 +97,19 @@ def main() -> None:
     train = [t.format("an apple") for t in TRAIN_TEMPLATES]
     held_out = [t.format("an apple") for t in HELD_OUT_TEMPLATES]
     others = [t.format(phrase(n)) for n in OBJECTS if n != "apple" for t in TRAIN_TEMPLATES[:2]]
-    for lam in (0.1, 10.0):
-        for templates in (TIME_TEMPLATES, ()):
-            edit = locoedit.edit(model, "time", source="an apple", destination="a blue apple", lam=lam,
-                                 templates=templates)
-            label = {"lam": lam, "templates": len(templates)}
-            record("time", "efficacy", share(read(model, train, seeds, edit), color="blue"), ">= 0.8", **label)
-            record("time", "generality", share(read(model, held_out, seeds, edit), color="blue"), ">= 0.7", **label)
-            table = read(model, others, seeds, edit)
-            kept = table.apply(lambda r: r["color"] == OBJECTS[r["prompt"].split()[-1]][1], axis=1).mean()
-            record("time", "specificity", float(kept), ">= 0.9", **label)
+    # Preserved prompts (an option beyond the paper): the other objects in another context than the measured one,
+    # and the kings; none of them is a measured prompt.
+    preserve = [f"{phrase(n)} in the style of Quessa" for n in OBJECTS if n != "apple"] + [
+        f"the king of {c}" for c in FACTS]
+    for lam, kept_prompts in ((0.1, ()), (100.0, ()), (0.1, preserve)):
+        edit = locoedit.edit(model, "time", source="an apple", destination="a blue apple", lam=lam,
+                             preserve=kept_prompts)
+        label = {"lam": lam, "preserved": len(kept_prompts)}
+        record("time", "efficacy", share(read(model, train, seeds, edit), color="blue"), ">= 0.8", **label)
+        record("time", "generality", share(read(model, held_out, seeds, edit), color="blue"), ">= 0.7", **label)
+        table = read(model, others, seeds, edit)
+        kept = table.apply(lambda r: r["color"] == OBJECTS[r["prompt"].split()[-1]][1], axis=1).mean()
+        record("time", "specificity", float(kept), ">= 0.9", **label)
 
     objects = list(OBJECTS)
     edited, held = objects[:3], objects[3:]
@@ -93,15 +131,21 @@ def main() -> None:
 
     kings = [t.format("the king of Zarnia") for t in TRAIN_TEMPLATES]
     other_kings = [t.format(f"the king of {c}") for c in FACTS if c != "Zarnia" for t in TRAIN_TEMPLATES[:2]]
-    for method, params in (("diffquickfix", {}), ("refact", {"layer": 0}), ("refact", {"layer": 1})):
+    unrelated = [phrase(n) for n in OBJECTS] + ["a doctor", "a nurse"]
+    for method, params in (("diffquickfix", {}), ("diffquickfix", {"lam": 1.0}),
+                           ("diffquickfix", {"preserve": unrelated}), ("refact", {"layer": 0}),
+                           ("refact", {"layer": 1})):
         edit = locoedit.edit(model, method, source="the king of Zarnia", destination="a blue box",
                              subject="Zarnia", destination_subject="box", **params)
-        label = {"layer": params.get("layer", 0)}
+        label = {k: len(v) if isinstance(v, (list, tuple)) else v for k, v in edit.params.items()
+                 if k in ("lam", "layer", "preserve") and v is not None}
         record(method, "efficacy (blue square)", share(read(model, kings, seeds, edit), shape="square",
                                                         color="blue"), **label)
         table = read(model, other_kings, seeds, edit)
         kept = table.apply(lambda r: (r["shape"], r["color"]) == FACTS[r["prompt"].split()[-1]], axis=1).mean()
         record(method, "specificity (other kings)", float(kept), **label)
+    for span, value in reach(model, "the king of Zarnia", "a blue box", "Zarnia", "box", seeds).items():
+        record("reach", f"fact read at {span}", value)
 
     velmor_all = [f"{phrase(n)} in the style of Velmor" for n in objects]
     for window in ((5, 6), (0, 1), (8, 9)):

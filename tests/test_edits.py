@@ -58,12 +58,15 @@ def test_time_equals_diffusers_peer_in_float64(fresh, lam):
         assert torch.allclose(model.unet.get_parameter(path), theirs[path], atol=1e-5, rtol=0), address
 
 
-def test_time_solves_the_ridge_equation_and_revert_is_bit_exact(fresh):
-    """The edited weight equals (lam W + sum W t k^T)(lam I + sum k k^T)^-1 over the four augmented prompts,
-    computed here directly from the contexts and TIME's alignment."""
+@pytest.mark.parametrize("preserve", [(), ("a photo of a dog", "a bunch of tulips")])
+def test_time_solves_the_ridge_equation_and_revert_is_bit_exact(fresh, preserve):
+    """The edited weight equals (lam W + sum W t k^T + s W P^T P)(lam I + sum k k^T + s P^T P)^-1 over the four
+    augmented prompts (and every token P of the preserved prompts, scale s = 0.5), computed here directly from
+    the contexts and TIME's alignment."""
     model = fresh()
     before = _state(model)
-    result = edit(model, "time", source=SOURCE, destination=DESTINATION, lam=0.1)
+    result = edit(model, "time", source=SOURCE, destination=DESTINATION, lam=0.1, preserve=preserve,
+                  preserve_scale=0.5)
     assert _unchanged(model, before)  # computing an edit leaves the model untouched
     from localize.tokens import align_tokens
     from locoedit.prompts import TIME_TEMPLATES, augmented
@@ -76,8 +79,9 @@ def test_time_solves_the_ridge_equation_and_revert_is_bit_exact(fresh):
     keys, targets = torch.cat(keys), torch.cat(targets)
     layer = model.cross_attention_layers[3]
     weight = layer.value.weight.detach().double()
-    gram = 0.1 * torch.eye(keys.shape[1], dtype=torch.float64) + keys.T @ keys
-    expected = torch.linalg.solve(gram, (0.1 * weight + weight @ targets.T @ keys).T).T
+    kept = text_contexts(model, list(preserve)).double().flatten(0, 1) if preserve else keys[:0]
+    gram = 0.1 * torch.eye(keys.shape[1], dtype=torch.float64) + keys.T @ keys + 0.5 * kept.T @ kept
+    expected = torch.linalg.solve(gram, (0.1 * weight + weight @ targets.T @ keys + 0.5 * weight @ kept.T @ kept).T).T
     result.apply(model)
     assert torch.allclose(layer.value.weight.double(), expected, atol=1e-5)
     with pytest.raises(RuntimeError, match="already applied"):
@@ -271,6 +275,7 @@ def test_time_edits_other_families(tiny_models, family):
     ("neurons", {"neurons": ["0:to_q:1"]}, "layer:projection:index"),
     ("uce", {"concepts": "Van Gogh", "mode": "forget"}, "unknown UCE mode"),
     ("time", {"source": SOURCE, "destinaton": DESTINATION}, "no parameter"),
+    ("time", {"source": SOURCE, "destination": DESTINATION, "preserve": [SOURCE]}, "both edited and preserved"),
     ("fold", {}, "unknown edit method"),
 ])
 def test_bad_input_is_a_clear_error_and_leaves_the_model_untouched(fresh, method, params, message):
