@@ -123,14 +123,17 @@ def refact(model: Model, source: str | Sequence[str], destination: str | Sequenc
            subject: str | None = None, destination_subject: str | None = None, layer: int | None = None,
            encoder: int = 0, templates: Sequence[str] = TIME_TEMPLATES, corpus: Sequence[str] | None = None,
            steps: int = 100, learning_rate: float = 0.1, weight_decay: float = 1e-3, preserve_scale: float = 1.0,
-           lam: float | None = None, seed: int = 0) -> dict[str, WeightUpdate]:
+           lam: float | None = None, seed: int = 0) -> tuple[dict[str, WeightUpdate], dict]:
     """ReFACT: a rank-one edit of the MLP output projection of text encoder `encoder`, layer `layer` (default: the
     middle layer), ROME-style. The key k* is the projection's input at the source's last subject token (mean
     over the templated prompts); the value shift d is optimized (Adam, `steps`) so that the edited source
     prompts' text conditioning at the last subject token and end span matches the destination's at the paired
-    positions, with an L2 penalty `weight_decay`; the solver then finds the least change of W that maps k* to
-    W k* + d while keeping the corpus keys' outputs (their mean second moment, scaled by `preserve_scale`;
-    `lam` defaults to 1e-4 of its mean eigenvalue)."""
+    positions, with an L2 penalty `weight_decay` (the paper matches the pooled CLIP text feature contrastively;
+    this lab matches the conditioning the UNet reads, which every family has); the solver then finds the least
+    change of W that maps k* to W k* + d while keeping the corpus keys' outputs (their mean second moment,
+    scaled by `preserve_scale`; `lam` defaults to 1e-4 of its mean eigenvalue). Returns the update and
+    {"mismatch": [first, last]}: the matched positions' squared error over the destination's mean square, at
+    the first and last Adam step."""
     if steps < 1 or not learning_rate > 0:
         raise ValueError(f"steps must be >= 1 and learning_rate > 0, got steps={steps!r}, "
                          f"learning_rate={learning_rate!r}")
@@ -155,6 +158,7 @@ def refact(model: Model, source: str | Sequence[str], destination: str | Sequenc
     shift = (1e-3 * torch.randn(projection.out_features, generator=generator)).to(model.device).requires_grad_()
     optimizer = torch.optim.Adam([shift], lr=learning_rate)
     requires = [p.requires_grad for p in model.text_encoders[encoder].parameters()]
+    mismatches = []
     try:
         for p in model.text_encoders[encoder].parameters():
             p.requires_grad_(False)
@@ -162,7 +166,9 @@ def refact(model: Model, source: str | Sequence[str], destination: str | Sequenc
             optimizer.zero_grad()
             contexts = encode_recording(model, src, projection, add=(shift, subject_tokens))[0].float()
             edited = torch.cat([contexts[i, p] for i, (p, _) in enumerate(positions)])
-            loss = (edited - target).pow(2).mean() / scale + weight_decay * shift.pow(2).mean()
+            mismatch = (edited - target).pow(2).mean() / scale
+            mismatches.append(mismatch.item())
+            loss = mismatch + weight_decay * shift.pow(2).mean()
             loss.backward()
             optimizer.step()
     finally:
@@ -170,4 +176,5 @@ def refact(model: Model, source: str | Sequence[str], destination: str | Sequenc
             p.requires_grad_(flag)
     problem = RidgeProblem(key[None], lam, preserve_gram=second_moment, preserve_scale=preserve_scale)
     up, down = problem.factors(shift.detach().double()[None].to(key.device))
-    return {address: WeightUpdate.from_factors(projection.weight, up, down)}
+    return ({address: WeightUpdate.from_factors(projection.weight, up, down)},
+            {"mismatch": [mismatches[0], mismatches[-1]]})

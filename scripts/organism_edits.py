@@ -144,6 +144,10 @@ def main() -> None:
         table = read(model, other_kings, seeds, edit)
         kept = table.apply(lambda r: (r["shape"], r["color"]) == FACTS[r["prompt"].split()[-1]], axis=1).mean()
         record(method, "specificity (other kings)", float(kept), **label)
+        if method == "refact":
+            first, last = edit.info["mismatch"]
+            record(method, "end-span mismatch, first step", first, **label)
+            record(method, "end-span mismatch, last step", last, **label)
     for span, value in reach(model, "the king of Zarnia", "a blue box", "Zarnia", "box", seeds).items():
         record("reach", f"fact read at {span}", value)
 

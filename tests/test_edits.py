@@ -205,6 +205,8 @@ def test_refact_is_rank_one_and_moves_the_source_toward_the_destination(fresh):
     src, dst = subject_span(model.tokenizer, source, destination)
     gap = lambda contexts: (contexts[0, src] - before[1, dst]).norm()  # noqa: E731
     assert gap(after) < 0.7 * gap(before)
+    first, last = result.info["mismatch"]
+    assert last < first
 
 
 def test_neuron_ablation_zeroes_exactly_its_rows(fresh, tmp_path):

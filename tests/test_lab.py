@@ -2,6 +2,8 @@
 experiments, each run end to end on a tiny model of its family."""
 
 import base64
+import shutil
+import subprocess
 from html.parser import HTMLParser
 
 import matplotlib
@@ -58,6 +60,35 @@ def test_report_is_self_contained_and_escapes_text(tmp_path):
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "a &lt;summary&gt; &amp; more" in page and "windows (LOCOGEN)" in page and "<code>a=2</code>" in page
+
+
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (`.ci/run` installs it)")
+def test_report_renders_in_headless_chromium(tmp_path):
+    """Chromium opens the report and its screenshot shows the embedded figure: a pure-red square that only the
+    decoded PNG can put on the page."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    run = tmp_path / "run"
+    _fake_run(run)
+    figure = plt.figure(figsize=(2, 2), dpi=100)
+    figure.figimage([[[1.0, 0.0, 0.0]] * 200] * 200)
+    figure.savefig(run / "red.png")
+    plt.close(figure)
+    report, _ = write_report(run)
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,4000",
+                    f"--screenshot={shot}", report.resolve().as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    pixels = Image.open(shot).convert("RGB").getdata()
+    red = sum(r > 240 and g < 15 and b < 15 for r, g, b in pixels)
+    assert red >= 100 * 100, red  # the 200 x 200 figure, whatever the page scales it to
+    assert sum(max(pixel) < 100 for pixel in pixels) > 500  # dark text: the page rendered, not a blank screen
 
 
 def test_report_errors_leave_nothing_behind(tmp_path):
