@@ -14,7 +14,7 @@ import pandas as pd
 from localize.model import Model
 from locoedit.cross_attention import Rows, pair_prompts, pair_rows, solve_projections
 from locoedit.edits import WeightUpdate
-from locoedit.prompts import TIME_TEMPLATES, as_list, augmented_pairs, check_lam
+from locoedit.prompts import TIME_TEMPLATES, as_list, augmented_pairs, check_lam, preserved_prompts
 
 UCE_MODES = ("erase", "moderate")
 
@@ -35,14 +35,9 @@ def time(model: Model, source: str | Sequence[str], destination: str | Sequence[
 
 def preserved_rows(model: Model, edited: Sequence[str], preserve: Sequence[str], alignment: str) -> Rows | None:
     """The `preserve` prompts' rows at the alignment's positions, each kept as it projects now (None when there
-    are none); a prompt both edited and preserved is an error."""
-    if not preserve:
-        return None
-    preserve = as_list(preserve, "preserve")
-    overlap = sorted(set(preserve) & set(edited))
-    if overlap:
-        raise ValueError(f"prompts {overlap} are both edited and preserved")
-    return pair_rows(model, pair_prompts(model, preserve, preserve, alignment))
+    are none)."""
+    preserve = preserved_prompts(preserve, edited)
+    return pair_rows(model, pair_prompts(model, preserve, preserve, alignment)) if preserve else None
 
 
 def chosen_layers(results: str | Path) -> list[int]:
@@ -107,7 +102,8 @@ def uce(model: Model, concepts: str | Sequence[str], guides: str | Sequence[str]
         keys, targets = guided(transform)
         return keys, keys + strength * (targets - keys)
 
+    kept = preserved_prompts(preserve, src)
     if preserve_scale is None:
-        preserve_scale = uce_preserve_scale(len(as_list(preserve, "preserve"))) if preserve else 0.0
-    return solve_projections(model, layers, rows, lam, preserved_rows(model, src, preserve, "final"), preserve_scale)
+        preserve_scale = uce_preserve_scale(len(kept)) if kept else 0.0
+    return solve_projections(model, layers, rows, lam, preserved_rows(model, src, kept, "final"), preserve_scale)
 

@@ -32,6 +32,15 @@ def augmented_pairs(sources: str | Sequence[str], destinations: str | Sequence[s
             [p for d in destinations for p in augmented(d, templates)])
 
 
+def preserved_prompts(preserve: Sequence[str], edited: Sequence[str]) -> list[str]:
+    """The prompts an edit keeps as they are (possibly none); a prompt both edited and preserved is an error."""
+    preserve = as_list(preserve, "preserve") if preserve else []
+    overlap = sorted(set(preserve) & set(edited))
+    if overlap:
+        raise ValueError(f"prompts {overlap} are both edited and preserved")
+    return preserve
+
+
 def check_lam(lam: float) -> None:
     if not lam > 0:
         raise ValueError(f"lambda must be > 0, got {lam!r}: it keeps the edited weights near the originals "

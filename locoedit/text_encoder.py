@@ -18,7 +18,7 @@ from localize.families import TEXT_ENCODER_ARCHS
 from localize.model import Model, TextEncoderLayer
 from localize.tokens import subject_span
 from locoedit.edits import WeightUpdate
-from locoedit.prompts import TIME_TEMPLATES, augmented_pairs, check_lam
+from locoedit.prompts import TIME_TEMPLATES, augmented_pairs, check_lam, preserved_prompts
 from locoedit.solver import RidgeProblem
 
 
@@ -91,10 +91,7 @@ def diffquickfix(model: Model, source: str | Sequence[str], destination: str | S
     src, dst = augmented_pairs(source, destination, templates)
     positions = subject_positions(model, encoder, src, dst, subject, destination_subject)
     projection, address = linear_of(model, text_layer(model, encoder, layer), "attention_out")
-    preserve = list(preserve)
-    overlap = sorted(set(preserve) & set(src))
-    if overlap:
-        raise ValueError(f"prompts {overlap} are both edited and preserved")
+    preserve = preserved_prompts(preserve, src)
     _, inputs = encode_recording(model, src + dst + preserve, projection)
     keys = torch.cat([inputs[i, p] for i, (p, _) in enumerate(positions)])
     targets = torch.cat([inputs[len(src) + i, q] for i, (_, q) in enumerate(positions)])

@@ -191,6 +191,27 @@ def test_diffquickfix_targets_exclude_the_bias(fresh):
     assert not torch.allclose(edited, ridge(targets @ weight.T + bias), atol=1e-3)
 
 
+def test_diffquickfix_preservation_solves_the_ridge_with_every_preserved_token(fresh):
+    """With `preserve`, G gains s P^T P over every token P of the preserved prompts and the numerator s W P^T P."""
+    model = fresh()
+    projection, _ = linear_of(model, text_layer(model, 0, 0), "attention_out")
+    source, destination, kept = "a photo of a rose", "a photo of a tulip", ["a red car", "a photo of a dog"]
+    result = edit(model, "diffquickfix", source=source, destination=destination, lam=0.01, templates=(),
+                  preserve=kept, preserve_scale=0.5)
+    _, inputs = encode_recording(model, [source, destination, *kept], projection)
+    from localize.tokens import subject_span
+
+    src, dst = subject_span(model.tokenizer, source, destination)
+    keys, targets = inputs[0, src].double(), inputs[1, dst].double()
+    preserved = inputs[2:].flatten(0, 1).double()
+    weight = projection.weight.detach().double()
+    gram = 0.01 * torch.eye(keys.shape[1], dtype=torch.float64) + keys.T @ keys + 0.5 * preserved.T @ preserved
+    numerator = 0.01 * weight + weight @ targets.T @ keys + 0.5 * weight @ preserved.T @ preserved
+    with result.applied(model):
+        edited = projection.weight.detach().double().clone()
+    assert torch.allclose(edited, torch.linalg.solve(gram, numerator.T).T, atol=1e-5)
+
+
 def test_refact_is_rank_one_and_moves_the_source_toward_the_destination(fresh):
     model = fresh()
     source, destination = "a photo of a rose", "a photo of a tulip"
@@ -278,6 +299,7 @@ def test_time_edits_other_families(tiny_models, family):
     ("uce", {"concepts": "Van Gogh", "mode": "forget"}, "unknown UCE mode"),
     ("time", {"source": SOURCE, "destinaton": DESTINATION}, "no parameter"),
     ("time", {"source": SOURCE, "destination": DESTINATION, "preserve": [SOURCE]}, "both edited and preserved"),
+    ("diffquickfix", {"source": "a rose", "destination": "a tulip", "preserve": ["a rose"]}, "both edited and"),
     ("fold", {}, "unknown edit method"),
 ])
 def test_bad_input_is_a_clear_error_and_leaves_the_model_untouched(fresh, method, params, message):
