@@ -38,8 +38,7 @@ def encode_contexts(model: Model, prompts: Sequence[str]) -> torch.Tensor:
 def projection_inputs(layer: CrossAttentionLayer, contexts: torch.Tensor) -> torch.Tensor:
     """What `layer.key` and `layer.value` see: the context, after the layer's cross-attention norm if it has one
     (IF's added-K/V attention normalizes the text first)."""
-    module = layer.module
-    return module.norm_encoder_hidden_states(contexts) if module.norm_cross is not None else contexts
+    return contexts if shares_raw_context(layer) else layer.module.norm_encoder_hidden_states(contexts)
 
 
 def shares_raw_context(layer: CrossAttentionLayer) -> bool:

@@ -102,7 +102,7 @@ class WeightUpdate:
 class Edit:
     """A computed edit. `updates` maps parameter addresses to their updates; `params` are the method's
     parameters (JSON-serializable); `seconds` is the wall time of computing it; `info` what the method measured
-    on the way (debiasing's rounds)."""
+    on the way (debiasing's rounds, ReFACT's mismatch)."""
 
     method: str
     family: str

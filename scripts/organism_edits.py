@@ -10,10 +10,10 @@
   specificity (the other kings keep their shape and color); DiffQuickFix at the paper's lambda 0.01, at 1, and
   at 0.01 preserving unrelated prompts (the objects, the roles).
 - LOCOEDIT "X in the style of Velmor" -> "X" at LOCOGEN's chosen window (styles: 5,6) against a control window.
-- Reach: which of the king's text positions the UNet reads the fact from. The text encoder's last layer output at
-  the subject token, the end token, the padding after it, or both is replaced by "a blue box"'s at the paired
-  positions (conditional branch only), and the oracle reads the images: an edit can only work through positions
-  that carry the fact.
+- Reach: which of the king's text positions the UNet reads the fact from. The text conditioning every
+  cross-attention layer receives at the subject token, the end token, the padding after it, or both is replaced
+  by "a blue box"'s at the paired positions (conditional branch only), and the oracle reads the images: an edit
+  can only work through positions that carry the fact.
 
     python scripts/organism_edits.py [--seeds 16] [--device cuda]
 """
@@ -28,12 +28,12 @@ import torch
 
 import locoedit
 from localize import generate, load_model
-from localize.conditioning import encode_contexts
+from localize.conditioning import text_contexts
 from localize.organism.oracle import read_images
 from localize.organism.world import FACTS, HELD_OUT_TEMPLATES, OBJECTS, TRAIN_TEMPLATES, article
 from localize.patches import Patch
 from locoedit.debias import organism_classifier
-from locoedit.text_encoder import subject_positions, text_layer
+from locoedit.text_encoder import subject_positions
 
 
 def read(model, prompts, seeds, edit=None) -> pd.DataFrame:
@@ -55,27 +55,20 @@ def phrase(noun: str) -> str:
 
 
 def reach(model, source: str, destination: str, subject: str, destination_subject: str, seeds) -> dict[str, float]:
-    """Share of images read as the destination's (shape, color) when the source's last text-encoder layer output
-    takes the destination's values at the subject token, the end token, the padding after it, or both."""
-    last = text_layer(model, 0, sum(entry.encoder == 0 for entry in model.text_encoder_layers) - 1)
-    hidden = {}
-    record = lambda _module, _args, out: hidden.setdefault("out", out[0] if isinstance(out, tuple) else out)  # noqa: E731
-    handle = last.module.register_forward_hook(record)
-    try:
-        with torch.no_grad():
-            encode_contexts(model, [destination])
-    finally:
-        handle.remove()
+    """Share of images read as the destination's (shape, color) when the source's text conditioning takes the
+    destination's values at the subject token, the end token, the padding after it, or both (every
+    cross-attention layer, conditional branch)."""
+    context = text_contexts(model, [destination])[0]
     src, dst = subject_positions(model, 0, [source], [destination], subject, destination_subject)[0]
     wanted = read(model, [destination], seeds[:1])[["shape", "color"]].iloc[0].to_dict()
     shares = {}
     for span, chosen in (("subject", slice(0, 1)), ("end token", slice(1, 2)), ("padding", slice(2, None)),
                          ("end token and padding", slice(1, None))):
-        value = torch.zeros(model.spec.max_tokens, hidden["out"].shape[-1])
-        value[list(src[chosen])] = hidden["out"][0, list(dst[chosen])]
-        patch = Patch(f"text_encoder.0.layers.{last.index}", "replace", value, tokens=tuple(src[chosen]),
-                      branch="cond")
-        images = generate(model, [source] * len(seeds), seeds, steps=25, guidance=7.5, patches=[patch])
+        value = torch.zeros_like(context)
+        value[list(src[chosen])] = context[list(dst[chosen])]
+        patches = [Patch(f"cross_attn.{k}.context", "replace", value, tokens=tuple(src[chosen]), branch="cond")
+                   for k in range(len(model.cross_attention_layers))]
+        images = generate(model, [source] * len(seeds), seeds, steps=25, guidance=7.5, patches=patches)
         shares[span] = share(read_images(images), **wanted)
     return shares
 
