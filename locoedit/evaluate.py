@@ -6,13 +6,15 @@ efficacy (the edited prompt looks like `new`, not `old`), generality (positives 
 specificity (negatives keep their own text, not the edited one), each per image and seed (`seeds`).
 `prompts` and `imagenette` lists are one edit for the whole list (`edit` and all its `params`, e.g. UCE
 `concepts`), each prompt with its `evaluation_seed`, measured by CLIP score against the prompt and, for
-`imagenette` with a `classifier`, class accuracy. On the organism every image is also read by the oracle
+`imagenette` with a `classifier`, class accuracy; their results carry each prompt's `class` and every metric
+is per class (the erased class apart from the others). On the organism every image is also read by the oracle
 (`oracle`: it draws what the world draws for the text it should match). `edit: null` measures the model
 as it is (phase `before` only).
 
 Writes into the job's output directory: `metrics.parquet` (mean and bootstrap CI per metric x measure x
-phase), `images.png` (the first case's images before and after), `summary.txt`, and last `results.parquet`
-(one row per image x measure: case, metric, prompt, seed, phase, measure, value; config values as columns).
+phase, and class for ImageNette), `images.png` (the first case's images before and after, the first seed of each
+of its prompts, at most `SHOWN`), `summary.txt`, and last `results.parquet` (one row per image x measure: case,
+metric, prompt, seed, phase, measure, value, and class for ImageNette; config values as columns).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from localize.stats import check_interval_settings
 from locoedit.api import METHODS, edit
 
 EDIT_FORMATS = ("timed", "road")  # one edit per case
+SHOWN = 12  # the most images per row of images.png
 Classifier = Callable[[torch.Tensor], list[str]]
 
 
@@ -120,6 +123,8 @@ def measure(model, scorer, images: torch.Tensor, probes: list[Probe], classify: 
     """One row per probe x measure: zero_shot (edit formats) or clip_score (prompt lists), class_accuracy (with
     a classifier and labels), oracle (organism)."""
     base = pd.DataFrame([{"case": p.case, "metric": p.metric, "prompt": p.prompt, "seed": p.seed} for p in probes])
+    if probes[0].label is not None:
+        base["class"] = [p.label for p in probes]
     measures = {}
     if probes[0].mismatch is not None:
         measures["zero_shot"] = zero_shot_success(scorer, images, [p.match for p in probes],
@@ -146,12 +151,24 @@ def _check(cfg: DictConfig) -> None:
 
 
 def _selected(table: pd.DataFrame, cases: list[int] | None) -> pd.DataFrame:
+    if table.empty:
+        raise ValueError("the dataset file has no rows")
     if cases is None:
         return table
+    if not cases:
+        raise ValueError(f"dataset.cases is empty: give some of its cases {sorted(table['case'])}, or null for all")
     unknown = sorted(set(cases) - set(table["case"]))
     if unknown:
         raise ValueError(f"dataset has no case(s) {unknown}; its cases: {sorted(table['case'])}")
     return table[table["case"].isin(cases)]
+
+
+def shown(probes: list[Probe]) -> list[int]:
+    """Indices of the probes images.png shows: the first seed of each distinct prompt, at most `SHOWN`."""
+    first: dict[tuple[str, str], int] = {}
+    for index, probe in enumerate(probes):
+        first.setdefault((probe.metric, probe.prompt), index)
+    return list(first.values())[:SHOWN]
 
 
 def run_evaluate(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
@@ -186,12 +203,15 @@ def run_evaluate(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
             rows.append(measure(model, scorer, after, case_probes, classify).assign(phase="after"))
             first_after = after if first_after is None else first_after
     results = pd.concat(rows, ignore_index=True)
-    metrics = mean_intervals(results, ["metric", "measure", "phase"], "value", cfg.confidence, cfg.resamples)
+    by = ["metric", "class", "measure", "phase"] if "class" in results else ["metric", "measure", "phase"]
+    metrics = mean_intervals(results, by, "value", cfg.confidence, cfg.resamples)
     atomic_write(out_dir / "metrics.parquet", lambda tmp: metrics.to_parquet(tmp, index=False))
     if first_after is not None:
-        shown = cases[0][0]
-        before_after_grid(before[:len(shown)], first_after, [p.prompt for p in shown], [p.seed for p in shown],
-                          out_dir / "images.png", title=f"{cfg.edit}: case {shown[0].case}")
+        first_case = cases[0][0]
+        picked = shown(first_case)
+        before_after_grid(before[picked], first_after[picked], [first_case[i].prompt for i in picked],
+                          [first_case[i].seed for i in picked], out_dir / "images.png",
+                          title=f"{cfg.edit}: case {first_case[0].case}")
     summary = summary_text(cfg, metrics, edits)
     atomic_write(out_dir / "summary.txt", lambda tmp: tmp.write_text(summary))
     print(summary, end="")
@@ -203,10 +223,11 @@ def run_evaluate(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
 
 
 def summary_text(cfg: DictConfig, metrics: pd.DataFrame, edits: list[dict]) -> str:
-    """Each metric x measure with its mean and CI before (and after) the edit."""
+    """Each metric (x class) x measure with its mean and CI before (and after) the edit."""
     cell = metrics.assign(text=[f"{m:.3g} [{lo:.3g}, {hi:.3g}]" for m, lo, hi in
                                 zip(metrics["mean"], metrics["ci_low"], metrics["ci_high"], strict=True)])
-    wide = cell.pivot_table(index=["metric", "measure"], columns="phase", values="text", aggfunc="first", sort=False)
+    index = [key for key in ("metric", "class", "measure") if key in metrics]
+    wide = cell.pivot_table(index=index, columns="phase", values="text", aggfunc="first", sort=False)
     wide = wide[[p for p in ("before", "after") if p in wide.columns]]
     edited = f"{cfg.edit} edits: {len(edits)}" if cfg.edit else "no edit (the model as it is)"
     seconds = f", {np.mean([e['seconds'] for e in edits]):.2f} s each" if edits else ""

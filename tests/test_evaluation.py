@@ -17,6 +17,7 @@ from localize.data import (
 )
 from localize.metrics import expected_reading, mean_intervals, oracle_success, zero_shot_success
 from localize.organism.world import Scene, Subject, parse_subject, render
+from locoedit.evaluate import SHOWN, Probe, edit_probes, shown
 
 
 def test_shipped_files_load_in_their_published_formats():
@@ -87,6 +88,15 @@ def test_imagenette_names_from_an_imagenet_network():
     assert imagenette_names(torch.tensor([497, 3])) == ["church", "other"]
 
 
+def test_images_png_shows_each_prompt_of_the_first_case_once():
+    probes = edit_probes(load_timed(shipped("organism_timed.csv")).iloc[0], "timed", list(range(24)))
+    picked = shown(probes)
+    assert len(probes) == 11 * 24 and len(picked) == 11  # efficacy, 5 positives, 5 negatives; 24 seeds each
+    assert {probes[i].seed for i in picked} == {0} and len({probes[i].prompt for i in picked}) == 11
+    many = [Probe(0, "prompt", f"prompt {i}", i, f"prompt {i}") for i in range(100)]
+    assert shown(many) == list(range(SHOWN))
+
+
 def test_evaluate_job_timed_case_before_and_after_time(tmp_path):
     out = tmp_path / "run"
     result = localize("evaluate", "dataset.cases=[0]", "seeds=[0]", "steps=4", "progress=false",
@@ -115,6 +125,10 @@ def test_evaluate_job_prompt_list_with_an_erasure_and_a_classifier(tmp_path):
     assert set(table["measure"]) == {"clip_score", "class_accuracy", "oracle"} and len(table) == 3 * 3 * 2
     accuracy = table[table["measure"] == "class_accuracy"].set_index(["prompt", "phase"])["value"]
     assert accuracy[("a photo of a box", "before")] == 1.0 and accuracy[("a photo of a box", "after")] == 0.0
+    metrics = pd.read_parquet(out / "metrics.parquet")  # per class: the erased square apart from the others
+    per_class = metrics[metrics["measure"] == "class_accuracy"].set_index(["class", "phase"])["mean"]
+    assert per_class[("square", "after")] == 0.0 and per_class[("circle", "after")] == 1.0
+    assert "square" in (out / "summary.txt").read_text()
 
 
 def test_evaluate_job_bad_input(tmp_path):
@@ -125,5 +139,7 @@ def test_evaluate_job_bad_input(tmp_path):
     assert not (tmp_path / "a" / "results.parquet").exists()
     result = localize("evaluate", "dataset.cases=[7]", f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
     assert result.returncode != 0 and "dataset has no case(s) [7]; its cases: [0, 1]" in result.stderr
+    result = localize("evaluate", "dataset.cases=[]", f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
+    assert result.returncode != 0 and "dataset.cases is empty: give some of its cases [0, 1]" in result.stderr
     result = localize("evaluate", "classifier=nomodule", f"hydra.run.dir={tmp_path / 'c'}", cwd=tmp_path)
     assert result.returncode != 0 and "give `organism` or `module:function`" in result.stderr
