@@ -1,12 +1,15 @@
 """`localize JOB [hydra overrides]`: run one job (or a sweep with -m) with its config from `conf/JOB.yaml`.
 
-A job with a positional key takes a bare first argument for it: `localize report DIR` is `run_dir=DIR`. Run
-directories: `conf/hydra/output/localize.yaml`; a job whose directory already holds its finished results for the
-same config is skipped (re-running an interrupted sweep with its `hydra.sweep.dir` redoes only the rest).
+A job with a positional key takes a bare first argument for it: `localize report DIR` is `run_dir=DIR` (DIR
+with no `=`, or an existing path such as a sweep job's `.../prompts=styles`). Run directories:
+`conf/hydra/output/localize.yaml`; in a sweep, a job whose directory already holds its finished results for the
+same config (`progress` aside) is skipped, so re-running an interrupted sweep with its `hydra.sweep.dir` redoes only
+the rest. A job that runs first removes what the previous run in its directory wrote (`localize.results`).
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -17,19 +20,28 @@ from omegaconf import DictConfig, OmegaConf
 
 from localize.config import register_configs
 from localize.jobs import job_names, load_jobs
+from localize.results import fresh_outputs
+
+DISPLAY_KEYS = ("progress",)  # change nothing in the results; also left out of sweep directory names
 
 
 def quoted(value: str) -> str:
-    """`value` as a quoted Hydra override value (any path, spaces and quotes included)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """`value` as a quoted Hydra override value (any path, spaces and quotes included). Hydra reads a backslash as
+    an escape only in a run of backslashes before a quote (or the closing quote), so only those runs are doubled."""
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: 2 * m[1] + ("\\'" if m[2] else ""), value) + "'"
+
+
+def _compared(config: DictConfig) -> dict:
+    container = OmegaConf.to_container(config, resolve=True)
+    return {key: value for key, value in container.items() if key not in DISPLAY_KEYS}
 
 
 def finished(cfg: DictConfig, out_dir: Path) -> bool:
-    """A job's output directory already holds its results (written last) for this same resolved config: a
-    re-run sweep skips it."""
+    """A job's output directory already holds its results (written last) for this same resolved config, display
+    keys aside: a re-run sweep skips it."""
     config = out_dir / "config.yaml"
     return ((out_dir / "results.parquet").is_file() and config.is_file()
-            and config.read_text() == OmegaConf.to_yaml(cfg, resolve=True))
+            and _compared(OmegaConf.load(config)) == _compared(cfg))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     jobs = load_jobs()
     register_configs(jobs)
     positional = jobs[name].positional
-    if positional and len(argv) > 1 and "=" not in argv[1] and not argv[1].startswith("-"):
+    bare = len(argv) > 1 and not argv[1].startswith("-") and ("=" not in argv[1] or Path(argv[1]).exists())
+    if positional and bare:
         argv[1] = f"{positional}={quoted(argv[1])}"
 
     def run(cfg: DictConfig) -> None:
@@ -50,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
         if HydraConfig.get().mode == RunMode.MULTIRUN and finished(cfg, out_dir):
             print(f"skipping {out_dir}: finished with this config (its results.parquet exists)")
             return
-        jobs[name].run(cfg, out_dir)
+        with fresh_outputs(out_dir):
+            jobs[name].run(cfg, out_dir)
 
     sys.argv = [f"localize {name}", *argv[1:]]
     hydra.main(config_path="pkg://localize.conf", config_name=name, version_base="1.3")(run)()

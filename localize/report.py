@@ -1,9 +1,10 @@
 """One self-contained HTML report of a run or a sweep directory: every image embedded, no external file.
 
 A run is a directory holding `results.parquet` (written last by every job, so its presence means the run
-finished). Each run gets a section: its kind (read off the files it wrote), its overrides (a sweep's
-`.hydra/overrides.yaml`), its summary, its metric tables, its figures (tracing heatmaps, LOCOGEN layer and
-neuron curves, before/after grids) and the resolved config that produced it.
+finished); earlier `localize report` runs (Hydra job name `report`) are not shown. Each run gets a section: its
+kind (read off the files it wrote), its overrides (a sweep's `.hydra/overrides.yaml`), its summary, its metric
+tables, its figures (tracing heatmaps, LOCOGEN layer and neuron curves, before/after grids) and the resolved
+config that produced it.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def find_runs(root: Path, exclude: Path | None = None) -> list[Run]:
     runs = []
     for results in sorted(root.rglob(RESULTS)):
         run = results.parent
-        if exclude is not None and run.resolve().is_relative_to(Path(exclude).resolve()):
+        if exclude is not None and run.resolve().is_relative_to(Path(exclude).resolve()) or _job_name(run) == "report":
             continue
         kind = next((name for name, (marker, _) in KINDS.items() if (run / marker).exists()), "layers")
         runs.append(Run(run, kind, str(run.relative_to(root)), _overrides(run)))
@@ -81,6 +82,11 @@ def _table(path: Path, title: str, columns: list[str] | None, top: int | None) -
 
 def _text(path: Path) -> str:
     return f"<pre>{html.escape(path.read_text())}</pre>" if path.exists() else ""
+
+
+def _job_name(run: Path) -> str | None:
+    path = run / ".hydra" / "hydra.yaml"
+    return yaml.safe_load(path.read_text())["hydra"]["job"]["name"] if path.exists() else None
 
 
 def _overrides(run: Path) -> str:

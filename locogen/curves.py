@@ -27,13 +27,15 @@ def window_summary(table: pd.DataFrame, confidence: float = 0.95, resamples: int
     return summary
 
 
-def layer_curve(table: pd.DataFrame, summary: pd.DataFrame, title: str, objective: str, path: Path) -> Path:
-    """Score vs window start with its CI band; the original and altered prompts' mean scores as lines."""
+def layer_curve(table: pd.DataFrame, summary: pd.DataFrame, title: str, objective: str, path: Path,
+                confidence: float = 0.95) -> Path:
+    """Score vs window start with its CI band (at `confidence`, as `summary` was computed); the original and altered
+    prompts' mean scores as lines."""
     figure = Figure(figsize=(7, 3.6))
     axes = figure.add_subplot()
     axes.plot(summary["window"], summary["score"], marker="o", color="tab:purple", label="window altered")
     axes.fill_between(summary["window"], summary["score_ci_low"], summary["score_ci_high"], color="tab:purple",
-                      alpha=0.2, label="95% CI")
+                      alpha=0.2, label=f"{round(100 * confidence)}% CI")
     units = table.drop_duplicates(["prompt", "seed"])
     axes.axhline(units["score_original"].mean(), color="black", linestyle="--", label="original prompt")
     axes.axhline(units["score_altered"].mean(), color="gray", linestyle=":", label="altered prompt")

@@ -82,7 +82,7 @@ def run_locogen(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     table["chosen"] = table["window"] == chosen["window"]
     title = f"LOCOGEN m={cfg.m}: {cfg.prompts.name} ({cfg.prompts.kind}) on {cfg.model.name_or_path}"
     atomic_write(out_dir / "windows.parquet", lambda tmp: summary.to_parquet(tmp, index=False))
-    layer_curve(table, summary, title, objective, out_dir / "layer_curve.png")
+    layer_curve(table, summary, title, objective, out_dir / "layer_curve.png", cfg.confidence)
     units_table = table.drop_duplicates(["prompt", "seed"])
     neuron_text = ""
     if cfg.neurons.enabled:

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from test_cli import localize
 
+from localize.cli import finished, quoted
 from localize.report import EmptyReportError, build_report, write_report
-from localize.results import OutputNotWritableError
+from localize.results import MANIFEST, OutputNotWritableError, fresh_outputs
 
 matplotlib.use("Agg")
 
@@ -106,11 +107,40 @@ def test_report_errors_leave_nothing_behind(tmp_path):
 
 
 def test_report_command_takes_a_bare_directory_with_spaces(tmp_path):
-    run = tmp_path / "my run's dir"
+    run = tmp_path / "sweep" / "prompts=my run's \\dir\\"  # as a sweep job's directory is named, and worse
     _fake_run(run)
     result = localize("report", str(run), f"hydra.run.dir={tmp_path / 'job'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (run / "report.html").is_file() and "report of 1 run(s)" in result.stdout
+    result = localize("report", str(tmp_path), f"hydra.run.dir={tmp_path / 'job2'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "report of 1 run(s)" in result.stdout  # the earlier report run in job/ is not a run to show
+
+
+def test_quoted_values_read_back_unchanged_by_hydra():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for value in ["plain", "a b", "it's", "a\\b", "ends\\", "a\\'b", "\\\\'x'\\\\", "k=v/w", ""]:
+        assert parser.parse_override(f"key={quoted(value)}").value() == value, value
+
+
+def test_a_job_removes_what_its_previous_run_wrote_and_nothing_else(tmp_path):
+    (tmp_path / "keep.txt").write_text("the user's")
+    with fresh_outputs(tmp_path):
+        (tmp_path / "old.png").write_text("a figure of an earlier config")
+        (tmp_path / "sub").mkdir()
+        (tmp_path / "sub" / "results.parquet").write_text("a stage")
+        (tmp_path / "results.parquet").write_text("finished")
+    assert (tmp_path / MANIFEST).read_text().splitlines() == ["old.png", "results.parquet", "sub/results.parquet"]
+    with pytest.raises(RuntimeError, match="crash"), fresh_outputs(tmp_path):
+        assert not (tmp_path / "old.png").exists() and not (tmp_path / "sub" / "results.parquet").exists()
+        (tmp_path / "new.png").write_text("half a run")
+        raise RuntimeError("crash")
+    assert (tmp_path / MANIFEST).read_text() == "new.png\n" and (tmp_path / "keep.txt").exists()
+    with fresh_outputs(tmp_path):
+        pass
+    assert not (tmp_path / "new.png").exists() and (tmp_path / "keep.txt").read_text() == "the user's"
 
 
 def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
@@ -144,6 +174,18 @@ def test_sweep_reruns_only_unfinished_jobs(tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"skipping {sweep / 'model=random_sd15_tiny'}" in result.stdout and "sd2: UNet" in result.stdout
     assert "sd1: UNet" not in result.stdout and (sweep / "model=random_sd21_tiny" / "results.parquet").is_file()
+
+
+def test_a_finished_job_is_the_same_config_whatever_its_display_keys(tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"seeds": [0, 1], "lambda": 1e-5, "progress": True, "model": {"name": "m"}})
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (tmp_path / "results.parquet").write_text("")
+    assert finished(cfg, tmp_path) and finished(OmegaConf.merge(cfg, {"progress": False}), tmp_path)
+    assert not finished(OmegaConf.merge(cfg, {"seeds": [0]}), tmp_path)
+    (tmp_path / "results.parquet").unlink()
+    assert not finished(cfg, tmp_path)
 
 
 def test_slurm_launcher_config_composes(tmp_path):
