@@ -21,12 +21,22 @@ def parameter_state(modules: Sequence[torch.nn.Module]) -> tuple[Hashable, ...]:
                  for module in modules for p in module.parameters())
 
 
+# transformers keeps these on a text encoder's layers once hidden states were asked for (SD-XL asks); they only
+# collect outputs and change nothing.
+_OBSERVING_HOOK_MODULES = ("transformers.utils.output_capturing",)
+
+
+def _changing(hooks) -> bool:
+    return any(getattr(hook, "__module__", None) not in _OBSERVING_HOOK_MODULES for hook in hooks.values())
+
+
 def has_hooks(modules: Sequence[torch.nn.Module]) -> bool:
     """Whether a forward hook could change what the modules compute (then nothing is cached or read)."""
     globals_ = torch.nn.modules.module
     if globals_._global_forward_hooks or globals_._global_forward_pre_hooks:
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for module in modules for m in module.modules())
+    return any(_changing(m._forward_hooks) or _changing(m._forward_pre_hooks)
+               for module in modules for m in module.modules())
 
 
 class ContextCache:

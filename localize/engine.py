@@ -114,11 +114,13 @@ def _register(run: PatchRun, entries: list[tuple[Patch, Site]]):
                 raise RuntimeError(f"site {site.name!r}: the layer was called without encoder_hidden_states")
             return args, {**kwargs, "encoder_hidden_states": run.apply(entries, states)}
 
-        return site.module.register_forward_pre_hook(context_hook, with_kwargs=True)
+        return site.module.register_forward_pre_hook(context_hook, with_kwargs=True, prepend=True)
 
     def output_hook(module, args, output):
         if isinstance(output, tuple):
             return (run.apply(entries, output[0]), *output[1:])
         return run.apply(entries, output)
 
-    return site.module.register_forward_hook(output_hook)
+    # First among the module's hooks, so hooks a library keeps there (transformers' hidden-state capture, which
+    # SD-XL's penultimate-layer conditioning reads) see the patched output.
+    return site.module.register_forward_hook(output_hook, prepend=True)

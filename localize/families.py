@@ -98,10 +98,17 @@ def _uncond_sdxl(pipeline: StableDiffusionXLPipeline, n: int, size: tuple[int, i
 
 
 def _encode_if(pipeline: IFPipeline, prompts: list[str], size: tuple[int, int]) -> Conditioning:
-    embeds, _ = pipeline.encode_prompt(
-        prompts, do_classifier_free_guidance=False, device=pipeline.unet.device, clean_caption=False
-    )
+    """IF's own encoding, without the `torch.no_grad` diffusers wraps it in: gradients flow when the caller enables
+    them (ReFACT's value search); every other caller runs under no_grad itself."""
+    encode = getattr(IFPipeline.encode_prompt, "__wrapped__", IFPipeline.encode_prompt)
+    embeds, _ = encode(pipeline, prompts, do_classifier_free_guidance=False, device=pipeline.unet.device,
+                       clean_caption=False)
     return {"encoder_hidden_states": embeds}
+
+
+def _prompt_text_if(pipeline: IFPipeline, prompt: str) -> str:
+    """The text IF's encoder sees: its pipeline lowercases and strips every prompt first."""
+    return pipeline._text_preprocessing(prompt, clean_caption=False)[0]
 
 
 def _encode_organism(pipeline: OrganismPipeline, prompts: list[str], size: tuple[int, int]) -> Conditioning:
@@ -113,7 +120,9 @@ class Family:
     """One model family.
 
     `encode(pipeline, prompts, size)` returns the UNet conditioning of the prompts (one row each) for an
-    image of `size` = (height, width) pixels; `uncond(pipeline, n, size)` the unconditional CFG rows.
+    image of `size` = (height, width) pixels; `uncond(pipeline, n, size)` the unconditional CFG rows;
+    `prompt_text(pipeline, prompt)` the text the tokenizer actually receives, when the pipeline changes it
+    (token positions are computed on it).
     """
 
     name: str
@@ -124,6 +133,7 @@ class Family:
     encode: Callable[[DiffusionPipeline, list[str], tuple[int, int]], Conditioning]
     uncond: Callable[[DiffusionPipeline, int, tuple[int, int]], Conditioning] | None = None
     max_tokens: int = 77  # the sequence length the pipelines encode (IF's is hard-coded in its pipeline too)
+    prompt_text: Callable[[DiffusionPipeline, str], str] | None = None
 
     def unconditional(self, pipeline: DiffusionPipeline, n: int, size: tuple[int, int]) -> Conditioning:
         if self.uncond is not None:
@@ -139,7 +149,8 @@ FAMILIES: dict[str, Family] = {
         Family("sd2", "Stable Diffusion 2.x", StableDiffusionPipeline, ("text_encoder",), ("tokenizer",), _encode_sd),
         Family("sdxl", "Stable Diffusion XL", StableDiffusionXLPipeline, ("text_encoder", "text_encoder_2"),
                ("tokenizer", "tokenizer_2"), _encode_sdxl, _uncond_sdxl),
-        Family("if", "DeepFloyd IF stage I", IFPipeline, ("text_encoder",), ("tokenizer",), _encode_if),
+        Family("if", "DeepFloyd IF stage I", IFPipeline, ("text_encoder",), ("tokenizer",), _encode_if,
+               prompt_text=_prompt_text_if),
         Family("organism", "the embedded model organism (16x16 pixel space, see localize.organism)",
                OrganismPipeline, ("text_encoder",), ("tokenizer",), _encode_organism),
     )

@@ -23,6 +23,7 @@ from torch import nn
 
 from localize.context_cache import ContextCache
 from localize.families import TEXT_ENCODER_ARCHS, Family, detect_family, get_family
+from localize.tokens import PromptTextTokenizer
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,12 @@ class Model:
 
     @property
     def tokenizers(self) -> tuple:
-        return tuple(getattr(self.pipeline, attr) for attr in self.spec.tokenizers)
+        """The family's tokenizers, seeing each prompt as its encoder does (`Family.prompt_text`)."""
+        tokenizers = tuple(getattr(self.pipeline, attr) for attr in self.spec.tokenizers)
+        if self.spec.prompt_text is None:
+            return tokenizers
+        prompt_text = functools.partial(self.spec.prompt_text, self.pipeline)
+        return tuple(PromptTextTokenizer(tokenizer, prompt_text) for tokenizer in tokenizers)
 
     @property
     def tokenizer(self):

@@ -6,6 +6,23 @@ token), so they can be used directly as a patch's `tokens`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+
+class PromptTextTokenizer:
+    """A tokenizer that first turns each text into what the pipeline's encoder receives (IF lowercases it), so
+    positions computed through it index what the encoder sees; everything else is the wrapped tokenizer's."""
+
+    def __init__(self, tokenizer, prompt_text: Callable[[str], str]):
+        self.tokenizer, self.prompt_text = tokenizer, prompt_text
+
+    def __call__(self, text, *args, **kwargs):
+        text = self.prompt_text(text) if isinstance(text, str) else [self.prompt_text(t) for t in text]
+        return self.tokenizer(text, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.tokenizer, name)
+
 
 def token_ids(tokenizer, prompt: str, limit: int | None = None) -> list[int]:
     """The prompt's ids with special tokens, unpadded; an error if it is longer than the encoder takes.

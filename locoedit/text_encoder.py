@@ -154,22 +154,26 @@ def refact(model: Model, source: str | Sequence[str], destination: str | Sequenc
     generator = torch.Generator().manual_seed(seed)
     shift = (1e-3 * torch.randn(projection.out_features, generator=generator)).to(model.device).requires_grad_()
     optimizer = torch.optim.Adam([shift], lr=learning_rate)
-    requires = [p.requires_grad for p in model.text_encoders[encoder].parameters()]
+    frozen = [p for module in model.text_side for p in module.parameters()]  # only the shift gets gradients
+    requires = [p.requires_grad for p in frozen]
     mismatches = []
     try:
-        for p in model.text_encoders[encoder].parameters():
+        for p in frozen:
             p.requires_grad_(False)
         for _ in range(steps):
             optimizer.zero_grad()
             contexts = encode_recording(model, src, projection, add=(shift, subject_tokens))[0].float()
             edited = torch.cat([contexts[i, p] for i, (p, _) in enumerate(positions)])
             mismatch = (edited - target).pow(2).mean() / scale
+            if not mismatch.requires_grad:
+                raise RuntimeError(f"ReFACT: no gradient reaches the value shift through the {model.family} "
+                                   "family's text encoding (does it run under torch.no_grad?)")
             mismatches.append(mismatch.item())
             loss = mismatch + weight_decay * shift.pow(2).mean()
             loss.backward()
             optimizer.step()
     finally:
-        for p, flag in zip(model.text_encoders[encoder].parameters(), requires, strict=True):
+        for p, flag in zip(frozen, requires, strict=True):
             p.requires_grad_(flag)
     problem = RidgeProblem(key[None], lam, preserve_gram=second_moment, preserve_scale=preserve_scale)
     up, down = problem.factors(shift.detach().double()[None].to(key.device))

@@ -57,7 +57,8 @@ def test_trace_job_writes_results_effects_heatmaps_and_summary(tmp_path):
     for name in ("heatmap_unet.png", "heatmap_text_encoder_0.png", "heatmap_text_encoder_0_prompt_2.png", "summary.txt",
                  "config.yaml"):
         assert (out / name).stat().st_size > 0
-    assert [path.name for path in out.glob(".*")] == [".hydra"]  # no temporary file left behind
+    assert sorted(path.name for path in out.glob(".*")) == [".hydra", ".outputs"]  # no temporary file left behind
+    assert "heatmap_unet.png" in (out / ".outputs").read_text().split()  # what the next run there removes first
 
 
 def test_trace_job_rejects_bad_settings_before_loading_anything(tmp_path):

@@ -332,3 +332,26 @@ def test_time_recolors_the_organisms_apple_and_revert_restores_it(organism):
     assert (read_images(before)["color"] == "red").all()
     assert (read_images(after)["color"] == "blue").all()
     assert torch.equal(generate(organism, prompts, seeds, steps=10), before)
+
+
+def test_if_token_positions_are_those_of_the_lowercased_text_its_encoder_sees(tiny_models):
+    """IF's pipeline lowercases and strips prompts before tokenizing; the lab's positions follow it."""
+    from localize.tokens import phrase_positions, token_ids
+
+    model = tiny_models("if")
+    raw = model.pipeline.tokenizer
+    assert token_ids(model.tokenizer, " An image of a pack of ROSES") == token_ids(raw, "an image of a pack of roses")
+    assert phrase_positions(model.tokenizer, "A photo of Van Gogh", "Van Gogh") == \
+        phrase_positions(raw, "a photo of van gogh", "van gogh")
+
+
+def test_refact_optimizes_its_value_through_ifs_encoding(tiny_models):
+    """diffusers runs IF's encode_prompt under no_grad; ReFACT's value search must still get gradients."""
+    model = tiny_models("if")
+    before = _state(model)
+    result = edit(model, "refact", source="a pack of roses", destination="a pack of tulips", templates=(),
+                  steps=20, learning_rate=0.5)
+    first, last = result.info["mismatch"]
+    assert last < 0.9 * first, (first, last)
+    assert all(p.grad is None for module in model.text_side for p in module.parameters())
+    assert _unchanged(model, before)

@@ -174,3 +174,22 @@ def test_two_addresses_of_one_module_keep_their_own_axes(sd1):
         edited.cross_attention_layers[2].key.weight[0] = 0
     expected = run(edited, [Patch("cross_attn.2.to_k", op="zero", tokens=[1, 2])])
     torch.testing.assert_close(run(sd1, both), expected, rtol=0, atol=1e-6)
+
+
+def test_sdxl_penultimate_layer_patches_reach_the_conditioning_after_earlier_encodes(tiny_models):
+    """SD-XL reads each encoder's penultimate layer through transformers' hidden-state capture hooks, installed
+    by the first encode; a patch there must still change the conditioning, and the context cache still works."""
+    from localize.conditioning import text_contexts
+    from localize.context_cache import has_hooks
+
+    model = tiny_models("sdxl")
+    clean = text_contexts(model, [PROMPT])  # installs transformers' capture hooks
+    assert not has_hooks(model.text_side)
+    for encoder in range(len(model.text_encoders)):
+        layers = sum(entry.encoder == encoder for entry in model.text_encoder_layers)
+        with patching(model, [Patch(f"text_encoder.{encoder}.layers.{layers - 2}", op="zero")]):
+            patched = text_contexts(model, [PROMPT])
+        assert not torch.equal(patched, clean), encoder
+    misses = model.context_cache.misses
+    torch.testing.assert_close(text_contexts(model, [PROMPT]), clean, rtol=0, atol=0)
+    assert model.context_cache.misses == misses  # read from the cache
