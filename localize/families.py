@@ -166,6 +166,22 @@ def get_family(name: str) -> Family:
 _SD_BY_TEXT_ACTIVATION = {"quick_gelu": "sd1", "gelu": "sd2"}
 
 
+def check_family(pipeline: DiffusionPipeline, name: str) -> None:
+    """An error naming both when `pipeline` cannot be of family `name`: its class differs, or (SD 1.x / 2.x) its
+    text encoder's activation says the other version."""
+    family = get_family(name)
+    if not isinstance(pipeline, family.pipeline_class):
+        fitting = [f.name for f in FAMILIES.values() if isinstance(pipeline, f.pipeline_class)]
+        raise ValueError(f"family {name!r} runs a {family.pipeline_class.__name__}, but the pipeline is a "
+                         f"{type(pipeline).__name__}; give family= one of {fitting}, or none to detect it")
+    config = getattr(getattr(pipeline, "text_encoder", None), "config", None)
+    activation = getattr(config, "hidden_act", None)
+    version = _SD_BY_TEXT_ACTIVATION.get(activation)
+    if name in _SD_BY_TEXT_ACTIVATION.values() and version not in (None, name):
+        raise ValueError(f"family {name!r} given, but the pipeline's text encoder ({activation}) is "
+                         f"{get_family(version).description} ({version!r}); give family={version!r} or none")
+
+
 def detect_family(pipeline: DiffusionPipeline) -> str:
     """The family of a loaded pipeline, from its class and configs.
 

@@ -22,7 +22,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from localize.context_cache import ContextCache
-from localize.families import TEXT_ENCODER_ARCHS, Family, detect_family, get_family
+from localize.families import TEXT_ENCODER_ARCHS, Family, check_family, detect_family, get_family
 from localize.tokens import PromptTextTokenizer
 
 
@@ -149,7 +149,10 @@ class Model:
 
     @classmethod
     def from_pipeline(cls, pipeline: DiffusionPipeline, family: str | None = None) -> Model:
-        family = get_family(family or detect_family(pipeline)).name
+        if family is None:
+            family = detect_family(pipeline)
+        else:
+            check_family(pipeline, family)
         unet = pipeline.unet
         modules = dict(unet.named_modules())
         order = [name for name in unet_execution_order(unet) if name in modules]

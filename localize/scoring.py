@@ -19,16 +19,24 @@ def image_features_input(model: torch.nn.Module, images: torch.Tensor) -> torch.
     """Images in [0, 1] to the tensor the model's image tower takes (resize and normalize)."""
     cfg = open_clip.get_model_preprocess_cfg(model)
     size = cfg["size"] if isinstance(cfg["size"], (tuple, list)) else (cfg["size"], cfg["size"])
-    if tuple(images.shape[-2:]) != tuple(size):
-        images = F.interpolate(images, size=tuple(size), mode="bicubic", antialias=True, align_corners=False)
+    if tuple(images.shape[-2:]) != tuple(size):  # in float32: antialiased bicubic has no half kernel on CPU
+        images = F.interpolate(images.float(), size=tuple(size), mode="bicubic", antialias=True,
+                               align_corners=False).to(images.dtype)
     mean = torch.tensor(cfg["mean"], device=images.device, dtype=images.dtype)[:, None, None]
     std = torch.tensor(cfg["std"], device=images.device, dtype=images.dtype)[:, None, None]
     return (images - mean) / std
 
 
+def trained_with_quick_gelu(model_name: str, pretrained: str | None) -> bool:
+    """Whether open_clip's pretrained tag was trained with QuickGELU (OpenAI's CLIPs): open_clip 3 builds the
+    plain `ViT-L-14` with GELU and only warns, so the scorer asks for QuickGELU itself."""
+    return bool(pretrained and open_clip.get_pretrained_cfg(model_name, pretrained).get("quick_gelu", False))
+
+
 class ClipScorer:
-    """An open_clip model and tokenizer. `model_name`/`pretrained` as in `open_clip.create_model`; the
-    organism's scorer is `model_name="organism-clip", pretrained="organism"`."""
+    """An open_clip model and tokenizer. `model_name`/`pretrained` as in `open_clip.create_model` (with the
+    activation the weights were trained with); the organism's scorer is `model_name="organism-clip",
+    pretrained="organism"`."""
 
     def __init__(self, model_name: str, pretrained: str | None, device=None, dtype: torch.dtype | None = None):
         if pretrained == ORGANISM:
@@ -36,7 +44,9 @@ class ClipScorer:
 
             weights.register_scorer_config()
             pretrained = str(weights.scorer_checkpoint())
-        self.model = open_clip.create_model(model_name, pretrained=pretrained, device=device).eval()
+        quick_gelu = trained_with_quick_gelu(model_name, pretrained)
+        self.model = open_clip.create_model(model_name, pretrained=pretrained, device=device,
+                                            force_quick_gelu=quick_gelu).eval()
         if dtype is not None:
             self.model.to(dtype)
         self.tokenizer = open_clip.get_tokenizer(model_name)

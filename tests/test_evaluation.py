@@ -17,6 +17,7 @@ from localize.data import (
 )
 from localize.metrics import expected_reading, mean_intervals, oracle_success, zero_shot_success
 from localize.organism.world import Scene, Subject, parse_subject, render
+from localize.scoring import image_features_input, trained_with_quick_gelu
 from locoedit.evaluate import SHOWN, Probe, edit_probes, shown
 
 
@@ -56,6 +57,20 @@ def test_parse_subject_reads_the_world_captions():
     assert expected_reading("a doctor") == {"shape": "cross", "color": "blue", "texture": "plain"}
     with pytest.raises(ValueError, match="names no subject"):
         expected_reading("a purple triangle")
+
+
+def test_openai_clip_scorers_get_the_activation_their_weights_were_trained_with():
+    assert trained_with_quick_gelu("ViT-L-14", "openai") and trained_with_quick_gelu("ViT-B-32", "openai")
+    assert not trained_with_quick_gelu("ViT-H-14", "laion2b_s32b_b79k")
+    assert not trained_with_quick_gelu("ViT-L-14", None)
+
+
+def test_half_precision_images_are_resized_for_the_scorer(scorer):
+    images = torch.rand(2, 3, 32, 32)
+    full = image_features_input(scorer.model, images)
+    half = image_features_input(scorer.model, images.half())
+    assert half.dtype == torch.float16 and half.shape == full.shape
+    torch.testing.assert_close(half.float(), full, rtol=0, atol=2e-2)
 
 
 def test_zero_shot_and_oracle_metrics_on_rendered_images(scorer):

@@ -4,7 +4,7 @@ import open_clip
 import pytest
 import torch
 
-from localize import load_model, random_model
+from localize import Model, load_model, random_model
 from localize.families import detect_family
 from localize.vocab import clip_tokenizer, t5_tokenizer
 from tests.conftest import FAMILIES
@@ -82,6 +82,16 @@ def test_unet_components_in_execution_order(tiny_models):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_detected_from_pipeline(tiny_models, family):
     assert detect_family(tiny_models(family).pipeline) == family
+
+
+def test_a_given_family_must_fit_the_pipeline(tiny_models):
+    with pytest.raises(ValueError, match="family 'sd1' runs a StableDiffusionPipeline, but the pipeline is a "
+                                         "StableDiffusionXLPipeline; give family= one of \\['sdxl'\\]"):
+        Model.from_pipeline(tiny_models("sdxl").pipeline, "sd1")
+    with pytest.raises(ValueError, match="family 'sd1' given, but the pipeline's text encoder \\(gelu\\) is "
+                                         "Stable Diffusion 2.x \\('sd2'\\)"):
+        Model.from_pipeline(tiny_models("sd2").pipeline, "sd1")
+    assert Model.from_pipeline(tiny_models("sd2").pipeline, "sd2").family == "sd2"
 
 
 def test_unknown_family_is_a_clear_error():
