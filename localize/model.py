@@ -23,7 +23,7 @@ from torch import nn
 
 from localize.context_cache import ContextCache
 from localize.families import TEXT_ENCODER_ARCHS, Family, check_family, detect_family, get_family
-from localize.tokens import PromptTextTokenizer
+from localize.tokens import EncoderTokenizer
 
 
 @dataclass(frozen=True)
@@ -208,13 +208,12 @@ class Model:
         return self.text_encoders + ((projection,) if projection is not None else ())
 
     @property
-    def tokenizers(self) -> tuple:
-        """The family's tokenizers, seeing each prompt as its encoder does (`Family.prompt_text`)."""
-        tokenizers = tuple(getattr(self.pipeline, attr) for attr in self.spec.tokenizers)
-        if self.spec.prompt_text is None:
-            return tokenizers
-        prompt_text = functools.partial(self.spec.prompt_text, self.pipeline)
-        return tuple(PromptTextTokenizer(tokenizer, prompt_text) for tokenizer in tokenizers)
+    def tokenizers(self) -> tuple[EncoderTokenizer, ...]:
+        """The family's tokenizers as its encoding uses them: its length (`max_tokens`), each prompt seen as the
+        encoder sees it (`Family.prompt_text`)."""
+        prompt_text = self.spec.prompt_text and functools.partial(self.spec.prompt_text, self.pipeline)
+        return tuple(EncoderTokenizer(getattr(self.pipeline, attr), self.spec.max_tokens, prompt_text)
+                     for attr in self.spec.tokenizers)
 
     @property
     def tokenizer(self):

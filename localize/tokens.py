@@ -9,15 +9,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 
-class PromptTextTokenizer:
-    """A tokenizer that first turns each text into what the pipeline's encoder receives (IF lowercases it), so
-    positions computed through it index what the encoder sees; everything else is the wrapped tokenizer's."""
+class EncoderTokenizer:
+    """A tokenizer as the family's encoding uses it: `model_max_length` is the length it encodes (IF's pipeline
+    fixes 77 whatever its T5 tokenizer says), and each text first becomes what the encoder receives
+    (`prompt_text`: IF lowercases it), so positions computed through it index what the encoder sees. Everything
+    else is the wrapped tokenizer's."""
 
-    def __init__(self, tokenizer, prompt_text: Callable[[str], str]):
-        self.tokenizer, self.prompt_text = tokenizer, prompt_text
+    def __init__(self, tokenizer, model_max_length: int, prompt_text: Callable[[str], str] | None = None):
+        self.tokenizer, self.model_max_length, self.prompt_text = tokenizer, model_max_length, prompt_text
 
     def __call__(self, text, *args, **kwargs):
-        text = self.prompt_text(text) if isinstance(text, str) else [self.prompt_text(t) for t in text]
+        if self.prompt_text is not None:
+            text = self.prompt_text(text) if isinstance(text, str) else [self.prompt_text(t) for t in text]
         return self.tokenizer(text, *args, **kwargs)
 
     def __getattr__(self, name: str):

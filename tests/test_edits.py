@@ -336,13 +336,19 @@ def test_time_recolors_the_organisms_apple_and_revert_restores_it(organism):
 
 def test_if_token_positions_are_those_of_the_lowercased_text_its_encoder_sees(tiny_models):
     """IF's pipeline lowercases and strips prompts before tokenizing; the lab's positions follow it."""
-    from localize.tokens import phrase_positions, token_ids
+    from localize.tokens import eos_span, phrase_positions, token_ids
 
     model = tiny_models("if")
     raw = model.pipeline.tokenizer
     assert token_ids(model.tokenizer, " An image of a pack of ROSES") == token_ids(raw, "an image of a pack of roses")
     assert phrase_positions(model.tokenizer, "A photo of Van Gogh", "Van Gogh") == \
         phrase_positions(raw, "a photo of van gogh", "van gogh")
+    length = raw.model_max_length
+    try:  # T5's own tokenizer config may say 512; IF's pipeline encodes 77 positions all the same
+        raw.model_max_length = 512
+        assert eos_span(model.tokenizer, "a rose")[-1] == model.spec.max_tokens - 1 == 76
+    finally:
+        raw.model_max_length = length
 
 
 def test_refact_optimizes_its_value_through_ifs_encoding(tiny_models):
