@@ -55,7 +55,8 @@ def find_runs(root: Path, exclude: Path | None = None) -> list[Run]:
     runs = []
     for results in sorted(root.rglob(RESULTS)):
         run = results.parent
-        if exclude is not None and run.resolve().is_relative_to(Path(exclude).resolve()) or _job_name(run) == "report":
+        excluded = exclude is not None and run.resolve().is_relative_to(Path(exclude).resolve())
+        if excluded or _job_name(run) == "report":
             continue
         kind = next((name for name, (marker, _) in KINDS.items() if (run / marker).exists()), "layers")
         runs.append(Run(run, kind, str(run.relative_to(root)), _overrides(run)))
