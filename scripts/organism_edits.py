@@ -1,7 +1,8 @@
 """Every edit method on the organism, scored by its exact oracle: the organism's ground truth for the methods.
 
 - TIME "an apple" -> "a blue apple": efficacy (train templates read blue), generality (held-out templates),
-  specificity (other objects keep their default colors); at the paper's lambda 0.1, at lambda 100, and at 0.1
+  specificity (the other objects keep their default colors; the ball, blue by default, is left out: a leak of
+  blue could not show on it); at the paper's lambda 0.1, at lambda 100, and at 0.1
   with preserved prompts (the other objects in a style context, the kings; none of them measured).
 - UCE erase: Velmor's style (stripes) mapped to the plain object, Quessa's preserved: efficacy (Velmor prompts
   of held-out objects read plain), specificity (Quessa prompts still read checker).
@@ -89,7 +90,8 @@ def main() -> None:
 
     train = [t.format("an apple") for t in TRAIN_TEMPLATES]
     held_out = [t.format("an apple") for t in HELD_OUT_TEMPLATES]
-    others = [t.format(phrase(n)) for n in OBJECTS if n != "apple" for t in TRAIN_TEMPLATES[:2]]
+    others = [t.format(phrase(n)) for n, (_, color) in OBJECTS.items() if n != "apple" and color != "blue"
+              for t in TRAIN_TEMPLATES[:2]]
     # Preserved prompts (an option beyond the paper): the other objects in another context than the measured one,
     # and the kings; none of them is a measured prompt.
     preserve = [f"{phrase(n)} in the style of Quessa" for n in OBJECTS if n != "apple"] + [
