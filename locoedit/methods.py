@@ -30,14 +30,14 @@ def time(model: Model, source: str | Sequence[str], destination: str | Sequence[
     check_lam(lam)
     src, dst = augmented_pairs(source, destination, templates)
     rows = pair_rows(model, pair_prompts(model, src, dst, "time"))
-    return solve_projections(model, layers, rows, lam, preserved_rows(model, src, preserve, "time"), preserve_scale)
+    kept = preserved_rows(model, preserved_prompts(preserve, src), "time")
+    return solve_projections(model, layers, rows, lam, kept, preserve_scale)
 
 
-def preserved_rows(model: Model, edited: Sequence[str], preserve: Sequence[str], alignment: str) -> Rows | None:
-    """The `preserve` prompts' rows at the alignment's positions, each kept as it projects now (None when there
-    are none)."""
-    preserve = preserved_prompts(preserve, edited)
-    return pair_rows(model, pair_prompts(model, preserve, preserve, alignment)) if preserve else None
+def preserved_rows(model: Model, kept: list[str], alignment: str) -> Rows | None:
+    """The kept prompts' rows (`preserved_prompts`) at the alignment's positions, each kept as it projects now
+    (None when there are none)."""
+    return pair_rows(model, pair_prompts(model, kept, kept, alignment)) if kept else None
 
 
 def chosen_layers(results: str | Path) -> list[int]:
@@ -105,5 +105,5 @@ def uce(model: Model, concepts: str | Sequence[str], guides: str | Sequence[str]
     kept = preserved_prompts(preserve, src)
     if preserve_scale is None:
         preserve_scale = uce_preserve_scale(len(kept)) if kept else 0.0
-    return solve_projections(model, layers, rows, lam, preserved_rows(model, src, kept, "final"), preserve_scale)
+    return solve_projections(model, layers, rows, lam, preserved_rows(model, kept, "final"), preserve_scale)
 

@@ -3,10 +3,10 @@
 TIME: `locoedit.edit(model, "time", ...)` against diffusers' `StableDiffusionModelEditingPipeline.edit_model`
 (layer lists rebuilt, `locoedit.peers.time_peer`) on the same weights, and against the floor: encoding the edit's
 8 prompts (source and destination with TIME's 3 templates) in one batch; every side warmed up once, then the
-median of `--repeats` runs. Prints the ratios. TIME is timed with
-an empty text-context cache (`Model.context_cache`), as a first edit is. UCE: 100 erased concepts and 1000
-preserved prompts in one edit, split into encoding and solving; then a second edit of 100 other concepts with
-the same preserved prompts, which the cache spares from encoding them again.
+median of `--repeats` runs. Prints the ratios. TIME is timed with an empty text-context cache
+(`Model.context_cache`), as a first edit is. UCE: 100 erased concepts and 1000 preserved prompts in one edit,
+split into encoding and solving; then a second edit of 100 other concepts with the same preserved prompts,
+which the cache spares from encoding them again.
 
     python scripts/bench_edit.py [--device cuda] [--dtype fp16] [--repeats 3]
 """
