@@ -119,13 +119,13 @@ FULL: dict[str, Architecture] = {
     ),
     "organism": Architecture(
         unet={"sample_size": 16, "in_channels": 3, "out_channels": 3, "act_fn": "silu", "attention_head_dim": 4,
-              "block_out_channels": [32, 64, 64], "cross_attention_dim": 64, "layers_per_block": 1,
+              "block_out_channels": [32, 64, 64], "cross_attention_dim": 256, "layers_per_block": 1,
               "down_block_types": ["CrossAttnDownBlock2D"] * 3, "up_block_types": ["CrossAttnUpBlock2D"] * 3,
               "flip_sin_to_cos": True, "freq_shift": 0, "norm_num_groups": 8, "norm_eps": 1e-5},
         text_encoders=(("CLIPTextModel", {
-            **_CLIP_L_TEXT, "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 4,
-            "num_attention_heads": 4, "projection_dim": 64, "bos_token_id": 49406, "eos_token_id": 49407,
-            "pad_token_id": 49407}),),
+            **_CLIP_L_TEXT, "hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 8,
+            "num_attention_heads": 4, "projection_dim": 256, "hidden_act": "gelu", "bos_token_id": 49406,
+            "eos_token_id": 49407, "pad_token_id": 49407}),),
         tokenizers=("<|endoftext|>",),
         scheduler=("DDIMScheduler", {
             "num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction",

@@ -8,6 +8,9 @@ with its mean and std, as open_clip's own preprocessing does for PIL images.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import open_clip
 import torch
 import torch.nn.functional as F
@@ -33,20 +36,40 @@ def trained_with_quick_gelu(model_name: str, pretrained: str | None) -> bool:
     return bool(pretrained and open_clip.get_pretrained_cfg(model_name, pretrained).get("quick_gelu", False))
 
 
+class _RandomInitFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_random_init_warning():
+    """Silence open_clip's "Model initialized randomly" warning (root logger) for a model loaded right after."""
+    quiet = _RandomInitFilter()
+    logging.getLogger().addFilter(quiet)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
 class ClipScorer:
     """An open_clip model and tokenizer. `model_name`/`pretrained` as in `open_clip.create_model` (with the
     activation the weights were trained with); the organism's scorer is `model_name="organism-clip",
     pretrained="organism"`."""
 
     def __init__(self, model_name: str, pretrained: str | None, device=None, dtype: torch.dtype | None = None):
-        if pretrained == ORGANISM:
+        if pretrained == ORGANISM:  # the package's own weights, not an open_clip pretrained tag
             from localize.organism import weights
 
             weights.register_scorer_config()
-            pretrained = str(weights.scorer_checkpoint())
-        quick_gelu = trained_with_quick_gelu(model_name, pretrained)
-        self.model = open_clip.create_model(model_name, pretrained=pretrained, device=device,
-                                            force_quick_gelu=quick_gelu).eval()
+            with _without_random_init_warning():  # the weights are loaded right after
+                self.model = open_clip.create_model(model_name)
+            weights.load_scorer_into(self.model)
+            self.model = self.model.to(device).eval()
+        else:
+            quick_gelu = trained_with_quick_gelu(model_name, pretrained)
+            self.model = open_clip.create_model(model_name, pretrained=pretrained, device=device,
+                                                force_quick_gelu=quick_gelu).eval()
         if dtype is not None:
             self.model.to(dtype)
         self.tokenizer = open_clip.get_tokenizer(model_name)

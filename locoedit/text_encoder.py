@@ -80,11 +80,14 @@ def subject_positions(model: Model, encoder: int, sources: list[str], destinatio
 def diffquickfix(model: Model, source: str | Sequence[str], destination: str | Sequence[str],
                  subject: str | None = None, destination_subject: str | None = None, lam: float = 0.01,
                  templates: Sequence[str] = TIME_TEMPLATES, encoder: int = 0, layer: int = 0,
-                 preserve: Sequence[str] = (), preserve_scale: float = 1.0) -> dict[str, WeightUpdate]:
+                 preserve: Sequence[str] = (), preserve_scale: float = 1.0,
+                 bias_in_targets: bool = False) -> dict[str, WeightUpdate]:
     """DiffQuickFix: text encoder `encoder`, layer `layer` (default 0, the causal state tracing finds),
     `self_attn.out_proj`. Keys: its inputs at the source prompts' last subject token (last word when `subject`
     is None) and the end span after it; targets: W applied to the destination prompts' inputs at the paired
     positions, without the bias (the layer adds it back, so counting it in the target would add it twice).
+    `bias_in_targets=True` is the DiffQuickFixRelease notebook's convention (targets are the layer's outputs,
+    bias included, so the edited layer adds the bias twice at the keys); off by default because it is wrong.
     `preserve` (not in the paper, off by default) keeps the projection's output at every token of those prompts,
     with weight `preserve_scale` (the solver's preservation term)."""
     check_lam(lam)
@@ -97,7 +100,10 @@ def diffquickfix(model: Model, source: str | Sequence[str], destination: str | S
     targets = torch.cat([inputs[len(src) + i, q] for i, (_, q) in enumerate(positions)])
     kept = inputs[len(src) + len(dst):].flatten(0, 1) if preserve else None
     problem = RidgeProblem(keys, lam, kept, preserve_scale)
-    up, down = problem.factors(problem.input_residuals(projection.weight, targets))
+    residuals = problem.input_residuals(projection.weight, targets)
+    if bias_in_targets and projection.bias is not None:
+        residuals = residuals + projection.bias.to(residuals)
+    up, down = problem.factors(residuals)
     return {address: WeightUpdate.from_factors(projection.weight, up, down)}
 
 

@@ -1,28 +1,38 @@
-"""Every edit method on the organism, scored by its exact oracle: the organism's ground truth for the methods.
+"""Every edit method on the organism at its paper's own settings, read by the exact oracle, and the same checks
+on deliberately broken edits: the organism's ground truth for the methods.
 
-- TIME "an apple" -> "a blue apple": efficacy (train templates read blue), generality (held-out templates),
-  specificity (the other objects keep their default colors; the ball, blue by default, is left out: a leak of
-  blue could not show on it); at the paper's lambda 0.1, at lambda 100, and at 0.1
-  with preserved prompts (the other objects in a style context, the kings; none of them measured).
-- UCE erase: Velmor's style (stripes) mapped to the plain object, Quessa's preserved: efficacy (Velmor prompts
-  of held-out objects read plain), specificity (Quessa prompts still read checker).
-- UCE debias: "a doctor" (planted 90% blue) over red / blue: the split after debiasing.
-- DiffQuickFix and ReFACT "the king of Zarnia" -> "a blue box": efficacy (the king reads a blue square),
-  specificity (the other kings keep their shape and color); DiffQuickFix at the paper's lambda 0.01, at 1, and
-  at 0.01 preserving unrelated prompts (the objects, the roles).
-- LOCOEDIT "X in the style of Velmor" -> "X" at LOCOGEN's chosen window (styles: 5,6) against a control window.
-- Reach: which of the king's text positions the UNet reads the fact from. The text conditioning every
-  cross-attention layer receives at the subject token, the end token, the padding after it, or both is replaced
-  by "a blue box"'s at the paired positions (conditional branch only), and the oracle reads the images: an edit
-  can only work through positions that carry the fact.
+Cases (16 seeds, 25 DDIM steps, CFG 7.5 unless --seeds says otherwise):
 
-    python scripts/organism_edits.py [--seeds 16] [--device cuda]
+- TIME (lambda 0.1, no preservation) "a box" -> "a blue box": efficacy (train templates draw a blue
+  square on the plain background), generality (held-out templates TIME does not augment with), specificity
+  (the other objects whose default is not blue keep their whole drawing).
+- DiffQuickFix (lambda 0.01, layer 0) and ReFACT (its default layer) "the king of Zarnia" -> "a blue box":
+  efficacy (the king draws a blue square), specificity (the other seven kings keep their drawing).
+- UCE erase with preservation: Velmor's style (stripes) on three objects mapped to the plain objects, the other
+  artists' prompts preserved: erased (Velmor on the other objects draws plain), preserved (the other artists'
+  styles kept). UCE debias: "a doctor" (planted 90% blue) to 50/50 red / blue.
+- LOCOEDIT "X in the style of Velmor" -> "X" at the window LOCOGEN chooses for styles, against two control
+  windows: style removed on held-out objects, and the other artists' styles kept.
+- Discrimination: the same checks on broken variants of each edit: the update scaled by 0.2 and by 5, an
+  update of the same rank and singular values along random key directions, TIME without token alignment, and
+  DiffQuickFix with the layer's bias counted twice. Each must be caught (fail at least one check).
+- Geometry: the effective rank of TIME's keys, and the share of other prompts' keys inside their span.
+- Subject swap: every text-encoder state of the king's prompt up to its last subject token, after layer L (or at
+  the embeddings), replaced by another king's: the share of images that then draw the other king.
+- Reach: the king's text conditioning replaced by another king's at some positions only (first or last subject
+  token, end token, padding): where the UNet reads the fact.
+
+    python scripts/organism_edits.py [--seeds 16] [--device cuda] [--out organism_edits.csv]
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+import tempfile
 from contextlib import nullcontext
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -31,128 +41,314 @@ import locoedit
 from localize import generate, load_model
 from localize.conditioning import text_contexts
 from localize.organism.oracle import read_images
-from localize.organism.world import FACTS, HELD_OUT_TEMPLATES, OBJECTS, TRAIN_TEMPLATES, article
+from localize.organism.world import ARTISTS, FACTS, HELD_OUT_TEMPLATES, OBJECTS, TRAIN_TEMPLATES, article
 from localize.patches import Patch
+from localize.tokens import last_subject_token
+from locoedit.cross_attention import PromptPair, pair_rows, solve_projections
 from locoedit.debias import organism_classifier
-from locoedit.text_encoder import subject_positions
+from locoedit.edits import Edit, WeightUpdate
+from locoedit.methods import chosen_layers
+from locoedit.prompts import TIME_TEMPLATES, augmented_pairs
 
-
-def read(model, prompts, seeds, edit=None) -> pd.DataFrame:
-    rows = [(p, s) for p in prompts for s in seeds]
-    with edit.applied(model) if edit is not None else nullcontext():
-        images = generate(model, [p for p, _ in rows], [s for _, s in rows], steps=25, guidance=7.5)
-    return read_images(images).assign(prompt=[p for p, _ in rows])
-
-
-def share(table: pd.DataFrame, **wanted) -> float:
-    hit = pd.Series(True, index=table.index)
-    for column, value in wanted.items():
-        hit &= table[column] == value
-    return float(hit.mean())
+GOALS = {"time": {"efficacy": 0.8, "generality": 0.7, "specificity": 0.8},
+         "diffquickfix": {"efficacy": 0.8, "specificity": 0.8},
+         "refact": {"efficacy": 0.7, "specificity": 0.8},
+         "uce": {"efficacy": 0.9, "specificity": 0.9},
+         "locoedit": {"efficacy": 0.8, "specificity": 0.8}}
+STEPS, GUIDANCE = 25, 7.5
 
 
 def phrase(noun: str) -> str:
     return f"{article(noun)} {noun}"
 
 
-def reach(model, source: str, destination: str, subject: str, destination_subject: str, seeds) -> dict[str, float]:
-    """Share of images read as the destination's (shape, color) when the source's text conditioning takes the
-    destination's values at the subject token, the end token, the padding after it, or both (every
-    cross-attention layer, conditional branch)."""
-    context = text_contexts(model, [destination])[0]
-    src, dst = subject_positions(model, 0, [source], [destination], subject, destination_subject)[0]
-    wanted = read(model, [destination], seeds[:1])[["shape", "color"]].iloc[0].to_dict()
-    shares = {}
-    for span, chosen in (("subject", slice(0, 1)), ("end token", slice(1, 2)), ("padding", slice(2, None)),
-                         ("end token and padding", slice(1, None))):
-        value = torch.zeros_like(context)
-        value[list(src[chosen])] = context[list(dst[chosen])]
-        patches = [Patch(f"cross_attn.{k}.context", "replace", value, tokens=tuple(src[chosen]), branch="cond")
-                   for k in range(len(model.cross_attention_layers))]
-        images = generate(model, [source] * len(seeds), seeds, steps=25, guidance=7.5, patches=patches)
-        shares[span] = share(read_images(images), **wanted)
-    return shares
+def read(model, prompts, seeds, edit: Edit | None = None, patches=()) -> pd.DataFrame:
+    """The oracle's reading of every (prompt, seed), with the edit applied (and reverted after)."""
+    rows = [(p, s) for p in prompts for s in seeds]
+    with edit.applied(model) if edit is not None else nullcontext():
+        images = generate(model, [p for p, _ in rows], [s for _, s in rows], steps=STEPS, guidance=GUIDANCE,
+                          patches=patches)
+    return read_images(images).assign(prompt=[p for p, _ in rows])
+
+
+def share(table: pd.DataFrame, wanted) -> float:
+    """Share of rows whose (shape, color, texture) equals `wanted(prompt)` (a tuple, None entries ignored)."""
+    def hit(row):
+        return all(w is None or row[c] == w for c, w in zip(("shape", "color", "texture"), wanted(row["prompt"]),
+                                                             strict=True))
+    return float(table.apply(hit, axis=1).mean())
+
+
+def default_drawing(prompt: str) -> tuple:
+    noun = prompt.split()[-1]
+    return (*OBJECTS[noun], "plain")
+
+
+def king_drawing(prompt: str) -> tuple:
+    return (*FACTS[prompt.split()[-1]], "plain")
+
+
+def styled_drawing(prompt: str) -> tuple:
+    words = prompt.split()
+    return (*OBJECTS[words[words.index("in") - 1]], ARTISTS[words[-1]])
+
+
+# ---- broken variants ------------------------------------------------------------------------------------------
+
+def variant(edit: Edit, name: str, updates: dict[str, WeightUpdate]) -> Edit:
+    return Edit(edit.method, edit.family, {**edit.params, "variant": name}, updates)
+
+
+def scaled(edit: Edit, factor: float) -> Edit:
+    return variant(edit, f"update x {factor:g}", {a: WeightUpdate(u.up * factor, u.down, u.base_hash)
+                                                    for a, u in edit.updates.items()})
+
+
+def random_directions(edit: Edit, seed: int = 0) -> Edit:
+    """Each update U S V^T with V replaced by random orthonormal key directions (one draw per input width):
+    the same rank and singular values, aimed at keys the method did not choose."""
+    generator = torch.Generator().manual_seed(seed)
+    bases: dict[int, torch.Tensor] = {}
+    updates = {}
+    for address, update in edit.updates.items():
+        delta = (update.up.double() @ update.down.double())
+        u, s, _ = torch.linalg.svd(delta, full_matrices=False)
+        rank = int((s > 1e-6 * s[0]).sum())
+        width = delta.shape[1]
+        if width not in bases:
+            bases[width] = torch.linalg.qr(torch.randn(width, width, generator=generator, dtype=torch.float64))[0]
+        updates[address] = WeightUpdate((u[:, :rank] * s[:rank]).float(), bases[width][:, :rank].T.float(),
+                                        update.base_hash)
+    return variant(edit, "random key directions", updates)
+
+
+def time_without_alignment(model, source: str, destination: str, lam: float) -> Edit:
+    """TIME with source position i paired to destination position i (no token alignment)."""
+    src, dst = augmented_pairs(source, destination, TIME_TEMPLATES)
+    length = model.spec.max_tokens
+    pairs = [PromptPair(s, d, tuple(range(length)), tuple(range(length))) for s, d in zip(src, dst, strict=True)]
+    updates = solve_projections(model, None, pair_rows(model, pairs), lam)
+    return Edit("time", model.family, {"source": source, "destination": destination, "lam": lam,
+                                       "variant": "no token alignment"}, updates)
+
+
+# ---- the cases ------------------------------------------------------------------------------------------------
+
+class Cases:
+    """Each method's case: how to compute its edit and how to check one."""
+
+    def __init__(self, model, seeds):
+        self.model, self.seeds = model, seeds
+        self.box_train = [t.format("a box") for t in TRAIN_TEMPLATES]
+        augmenting = {t.strip().lower() for t in TIME_TEMPLATES}
+        self.box_held_out = [t.format("a box") for t in HELD_OUT_TEMPLATES if t.format("").strip() not in augmenting]
+        self.other_objects = [t.format(phrase(n)) for n, (_, color) in OBJECTS.items()
+                              if n != "box" and color != "blue" for t in TRAIN_TEMPLATES[:1]]
+        self.kings = [t.format("the king of Zarnia") for t in TRAIN_TEMPLATES]
+        self.other_kings = [t.format(f"the king of {c}") for c in FACTS if c != "Zarnia" for t in TRAIN_TEMPLATES[:1]]
+        objects = list(OBJECTS)
+        self.edited_objects, self.held_objects = objects[:3], objects[3:9]
+        self.velmor_held = [f"{phrase(n)} in the style of Velmor" for n in self.held_objects]
+        others = [a for a in ARTISTS if a != "Velmor"]
+        self.other_styles = [f"{phrase(n)} in the style of {a}" for i, n in enumerate(self.held_objects)
+                             for a in others[i % 2::2]]
+
+    def check(self, method: str, edit: Edit) -> dict[str, float]:
+        model, seeds = self.model, self.seeds
+        if method == "time":
+            blue_box = lambda prompt: ("square", "blue", "plain")  # noqa: E731
+            return {"efficacy": share(read(model, self.box_train, seeds, edit), blue_box),
+                    "generality": share(read(model, self.box_held_out, seeds, edit), blue_box),
+                    "specificity": share(read(model, self.other_objects, seeds, edit), default_drawing)}
+        if method in ("diffquickfix", "refact"):
+            blue_box = lambda prompt: ("square", "blue", "plain")  # noqa: E731
+            return {"efficacy": share(read(model, self.kings, seeds, edit), blue_box),
+                    "specificity": share(read(model, self.other_kings, seeds, edit), king_drawing)}
+        if method in ("uce", "locoedit"):
+            plain = lambda prompt: (*OBJECTS[prompt.split()[1]], "plain")  # noqa: E731
+            return {"efficacy": share(read(model, self.velmor_held, seeds, edit), plain),
+                    "specificity": share(read(model, self.other_styles, seeds, edit), styled_drawing)}
+        raise ValueError(method)
+
+    def edit(self, method: str, **params) -> Edit:
+        model = self.model
+        if method == "time":
+            return locoedit.edit(model, "time", source="a box", destination="a blue box", **params)
+        if method in ("diffquickfix", "refact"):
+            return locoedit.edit(model, method, source="the king of Zarnia", destination="a blue box",
+                                 subject="Zarnia", destination_subject="box", **params)
+        velmor = [f"{phrase(n)} in the style of Velmor" for n in self.edited_objects]
+        plain = [phrase(n) for n in self.edited_objects]
+        if method == "uce":
+            preserve = [f"{phrase(n)} in the style of {a}" for n in self.edited_objects for a in ARTISTS
+                        if a != "Velmor"]
+            return locoedit.edit(model, "uce", concepts=velmor, guides=plain, preserve=preserve, **params)
+        return locoedit.edit(model, "locoedit", source=velmor, destination=plain, **params)
+
+
+def passes(method: str, readings: dict[str, float]) -> bool:
+    return all(readings[k] >= goal for k, goal in GOALS[method].items())
+
+
+# ---- geometry and the subject swap ----------------------------------------------------------------------------
+
+def effective_rank(matrix: torch.Tensor) -> float:
+    """exp of the entropy of the normalized singular values (Roy and Vetterli)."""
+    s = torch.linalg.svdvals(matrix.double())
+    p = s / s.sum()
+    return float(torch.exp(-(p * p.clamp_min(1e-30).log()).sum()))
+
+
+def time_geometry(model, others: list[str], lam: float = 0.1) -> dict[str, float]:
+    """TIME's keys for "a box" (its templated prompts, every position): their effective rank, the number of
+    directions the ridge solve fits (squared singular value above lambda: the edited subspace), and the share
+    of other prompts' keys inside that subspace (squared norm share, all positions and the last word)."""
+    src, _ = augmented_pairs("a box", "a blue box", TIME_TEMPLATES)
+    keys = text_contexts(model, src).flatten(0, 1).double()
+    _, s, vh = torch.linalg.svd(keys, full_matrices=False)
+    basis = vh[s.pow(2) > lam]
+    other = text_contexts(model, others).double()
+    words = torch.stack([other[i, last_subject_token(model.tokenizer, p, p.split()[-1])]
+                         for i, p in enumerate(others)])
+
+    def inside(vectors):
+        return float(((vectors @ basis.T).pow(2).sum(-1) / vectors.pow(2).sum(-1)).mean())
+
+    return {"keys": len(keys), "width": keys.shape[1], "effective rank": effective_rank(keys),
+            "edited directions (s^2 > lambda)": len(basis), "share inside (all positions)": inside(other.flatten(0, 1)),
+            "share inside (last word)": inside(words)}
+
+
+def subject_swap(model, seeds, pairs=(("Zarnia", "Brovia"), ("Kelthar", "Vantessa"), ("Quorvel", "Merrowind"))
+                 ) -> pd.DataFrame:
+    """Share of images drawing the other king when every state up to the last subject token is the other
+    king's, at the embeddings or after layer L (both names have the same token count)."""
+    encoder = model.text_encoders[0]
+    layers = sum(entry.encoder == 0 for entry in model.text_encoder_layers)
+    rows = []
+    for layer in ["embeddings", *range(layers)]:
+        hits = []
+        for king, other in pairs:
+            source, donor = f"the king of {king}", f"the king of {other}"
+            end = last_subject_token(model.tokenizer, source, king)
+            ids = model.tokenizer([donor], padding="max_length", max_length=model.spec.max_tokens,
+                                  return_tensors="pt").input_ids.to(model.device)
+            with torch.no_grad():
+                states = encoder(ids, output_hidden_states=True).hidden_states
+            index = 0 if layer == "embeddings" else layer + 1
+            site = "text_encoder.0.embeddings" if layer == "embeddings" else f"text_encoder.0.layers.{layer}"
+            value = states[index][0].clone()
+            tokens = tuple(range(end + 1))
+            patch = Patch(site, "replace", value, tokens=tokens, branch="cond")
+            table = read(model, [source], seeds, patches=[patch])
+            hits.append(share(table, lambda prompt, other=other: (*FACTS[other], "plain")))
+        rows.append({"layer": layer, "other king drawn": sum(hits) / len(hits)})
+    return pd.DataFrame(rows)
+
+
+def run_locogen_on_styles() -> Path:
+    """`localize locogen prompts=organism_styles` (its window search defaults, no neuron curves) in a temporary
+    directory: its results file."""
+    out = Path(tempfile.mkdtemp(prefix="organism_locogen_"))
+    command = [str(Path(sys.executable).parent / "localize"), "locogen", "prompts=organism_styles",
+               "neurons.enabled=false", f"hydra.run.dir={out}"]
+    subprocess.run(command, check=True)
+    return out / "results.parquet"
+
+
+def reach(model, seeds, pairs=(("Zarnia", "Brovia"), ("Kelthar", "Vantessa"), ("Quorvel", "Merrowind"))
+          ) -> pd.DataFrame:
+    """Where the UNet reads a fact: the king's text conditioning, at every cross-attention layer (conditional
+    half), takes another king's values at some positions only; the share of images that then draw the other
+    king. Positions: the first subject token, the last subject token, the end token, the padding after it."""
+    rows = []
+    spans = ("first subject token", "last subject token", "end token", "padding", "end token and padding")
+    for king, other in pairs:
+        source, donor = f"the king of {king}", f"the king of {other}"
+        first = len(model.tokenizer(source).input_ids) - 1 - len(model.tokenizer(king, add_special_tokens=False)
+                                                                  .input_ids)
+        last = last_subject_token(model.tokenizer, source, king)
+        end = last + 1
+        positions = {"first subject token": [first], "last subject token": [last], "end token": [end],
+                     "padding": list(range(end + 1, model.spec.max_tokens)),
+                     "end token and padding": list(range(end, model.spec.max_tokens))}
+        value = text_contexts(model, [donor])[0]
+        for span in spans:
+            tokens = tuple(positions[span])
+            patches = [Patch(f"cross_attn.{k}.context", "replace", value, tokens=tokens, branch="cond")
+                       for k in range(len(model.cross_attention_layers))]
+            table = read(model, [source], seeds, patches=patches)
+            rows.append({"span": span, "pair": f"{king}<-{other}",
+                         "other king drawn": share(table, lambda prompt, other=other: (*FACTS[other], "plain"))})
+    return pd.DataFrame(rows).groupby("span", sort=False)["other king drawn"].mean().reset_index()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=16)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--out", default="organism_edits.csv")
+    parser.add_argument("--locogen-results", default="",
+                        help="LOCOGEN's results.parquet for the organism's styles (default: run `localize locogen`)")
     args = parser.parse_args()
     model = load_model("organism", device=args.device)
     seeds = list(range(args.seeds))
-    results = []
+    cases = Cases(model, seeds)
+    records = []
 
-    def record(method, measure, value, goal=None, **extra):
-        results.append({"method": method, "measure": measure, "value": value, "goal": goal, **extra})
-        print(f"{method:12s} {measure:28s} {value:6.2f}" + (f"  (goal {goal})" if goal else "") +
-              (f"  {extra}" if extra else ""))
+    def measure(method, name, edit, **extra):
+        readings = cases.check(method, edit)
+        ok = passes(method, readings)
+        records.append({"method": method, "variant": name, **readings, "passes": ok, **extra})
+        shown = "  ".join(f"{k} {v:.2f}" for k, v in readings.items())
+        print(f"{method:12s} {name:26s} {shown}  {'PASSES' if ok else 'fails'}", flush=True)
 
-    train = [t.format("an apple") for t in TRAIN_TEMPLATES]
-    held_out = [t.format("an apple") for t in HELD_OUT_TEMPLATES]
-    others = [t.format(phrase(n)) for n, (_, color) in OBJECTS.items() if n != "apple" and color != "blue"
-              for t in TRAIN_TEMPLATES[:2]]
-    # Preserved prompts (an option beyond the paper): the other objects in another context than the measured one,
-    # and the kings; none of them is a measured prompt.
-    preserve = [f"{phrase(n)} in the style of Quessa" for n in OBJECTS if n != "apple"] + [
-        f"the king of {c}" for c in FACTS]
-    for lam, kept_prompts in ((0.1, ()), (100.0, ()), (0.1, preserve)):
-        edit = locoedit.edit(model, "time", source="an apple", destination="a blue apple", lam=lam,
-                             preserve=kept_prompts)
-        label = {"lam": lam, "preserved": len(kept_prompts)}
-        record("time", "efficacy", share(read(model, train, seeds, edit), color="blue"), ">= 0.8", **label)
-        record("time", "generality", share(read(model, held_out, seeds, edit), color="blue"), ">= 0.7", **label)
-        table = read(model, others, seeds, edit)
-        kept = table.apply(lambda r: r["color"] == OBJECTS[r["prompt"].split()[-1]][1], axis=1).mean()
-        record("time", "specificity", float(kept), ">= 0.9", **label)
+    windows = {"chosen": chosen_layers(args.locogen_results or run_locogen_on_styles())}
+    n = len(model.cross_attention_layers)
+    width = len(windows["chosen"])
+    controls = [list(range(0, width)), list(range(n - width, n))]
+    windows.update({f"control {c}": c for c in controls if c != windows["chosen"]})
 
-    objects = list(OBJECTS)
-    edited, held = objects[:3], objects[3:]
-    concepts = [f"{phrase(n)} in the style of Velmor" for n in edited]
-    preserve = [f"{phrase(n)} in the style of Quessa" for n in objects]
-    edit = locoedit.edit(model, "uce", concepts=concepts, guides=[phrase(n) for n in edited], preserve=preserve)
-    velmor = read(model, [f"{phrase(n)} in the style of Velmor" for n in held], seeds, edit)
-    record("uce-erase", "efficacy (held-out objects)", share(velmor, texture="plain"))
-    record("uce-erase", "Quessa kept", share(read(model, preserve, seeds, edit), texture="checker"))
+    edits = {"time": cases.edit("time", lam=0.1), "diffquickfix": cases.edit("diffquickfix", lam=0.01),
+             "refact": cases.edit("refact"), "uce": cases.edit("uce"),
+             "locoedit": cases.edit("locoedit", layers=windows["chosen"])}
+    for method, edit in edits.items():
+        measure(method, "correct", edit)
+        measure(method, "update x 0.2", scaled(edit, 0.2))
+        measure(method, "update x 5", scaled(edit, 5.0))
+        measure(method, "random key directions", random_directions(edit))
+    measure("time", "no token alignment", time_without_alignment(model, "a box", "a blue box", 0.1))
+    measure("diffquickfix", "bias counted twice", cases.edit("diffquickfix", lam=0.01, bias_in_targets=True))
+    for name, layers in windows.items():
+        if name != "chosen":
+            measure("locoedit", f"window {layers}", cases.edit("locoedit", layers=layers))
 
     attributes = ["a red doctor", "a blue doctor"]
     before = read(model, ["a doctor"], seeds)
-    record("uce-debias", "red share before", share(before, color="red"))
-    edit = locoedit.edit(model, "uce", mode="debias", concept="a doctor", attributes=attributes,
-                         classify=organism_classifier(attributes), seeds=range(100, 100 + args.seeds))
-    after = read(model, ["a doctor"], seeds, edit)
-    record("uce-debias", "red share after (new seeds)", share(after, color="red"), "0.4-0.6",
-           rounds=len(edit.info["history"]))
+    debias = locoedit.edit(model, "uce", mode="debias", concept="a doctor", attributes=attributes,
+                           classify=organism_classifier(attributes), seeds=range(100, 100 + args.seeds))
+    after = read(model, ["a doctor"], seeds, debias)
+    red = lambda prompt: ("cross", "red", "plain")  # noqa: E731
+    print(f"uce debias: red share {share(before, red):.2f} before, {share(after, red):.2f} after (goal 0.40-0.60)")
+    records.append({"method": "uce-debias", "variant": "correct", "red before": share(before, red),
+                    "red after": share(after, red)})
 
-    kings = [t.format("the king of Zarnia") for t in TRAIN_TEMPLATES]
-    other_kings = [t.format(f"the king of {c}") for c in FACTS if c != "Zarnia" for t in TRAIN_TEMPLATES[:2]]
-    unrelated = [phrase(n) for n in OBJECTS] + ["a doctor", "a nurse"]
-    for method, params in (("diffquickfix", {}), ("diffquickfix", {"lam": 1.0}),
-                           ("diffquickfix", {"preserve": unrelated}), ("refact", {"layer": 0}),
-                           ("refact", {"layer": 1})):
-        edit = locoedit.edit(model, method, source="the king of Zarnia", destination="a blue box",
-                             subject="Zarnia", destination_subject="box", **params)
-        label = {k: len(v) if isinstance(v, (list, tuple)) else v for k, v in edit.params.items()
-                 if k in ("lam", "layer", "preserve") and v is not None}
-        record(method, "efficacy (blue square)", share(read(model, kings, seeds, edit), shape="square",
-                                                        color="blue"), **label)
-        table = read(model, other_kings, seeds, edit)
-        kept = table.apply(lambda r: (r["shape"], r["color"]) == FACTS[r["prompt"].split()[-1]], axis=1).mean()
-        record(method, "specificity (other kings)", float(kept), **label)
-        if method == "refact":
-            first, last = edit.info["mismatch"]
-            record(method, "end-span mismatch, first step", first, **label)
-            record(method, "end-span mismatch, last step", last, **label)
-    for span, value in reach(model, "the king of Zarnia", "a blue box", "Zarnia", "box", seeds).items():
-        record("reach", f"fact read at {span}", value)
-
-    velmor_all = [f"{phrase(n)} in the style of Velmor" for n in objects]
-    for window in ((5, 6), (0, 1), (8, 9)):
-        edit = locoedit.edit(model, "locoedit", source=velmor_all[:3], destination=[phrase(n) for n in edited],
-                             layers=list(window))
-        table = read(model, velmor_all[3:], seeds, edit)
-        record("locoedit", "style removed (held-out)", share(table, texture="plain"), window=str(window))
-    pd.DataFrame(results).to_csv("organism_edits.csv", index=False)
+    table = pd.DataFrame(records)
+    table["caught"] = ~table["passes"]
+    print("\nmethod x variant (a broken variant must be caught):")
+    print(table.drop(columns=["passes"]).to_markdown(index=False, floatfmt=".2f"))
+    print("\nTIME's text geometry:")
+    others = [phrase(n) for n in OBJECTS if n != "box"]
+    print(pd.Series(time_geometry(model, others)).to_markdown(floatfmt=".3f"))
+    print("\nsubject swap per text-encoder layer:")
+    swap = subject_swap(model, seeds)
+    print(swap.to_markdown(index=False, floatfmt=".2f"))
+    table.to_csv(args.out, index=False)
+    swap.to_csv(args.out.replace(".csv", "_swap.csv"), index=False)
+    print("\nwhere the UNet reads the fact (another king's conditioning at some positions only):")
+    read_at = reach(model, seeds)
+    print(read_at.to_markdown(index=False, floatfmt=".2f"))
+    read_at.to_csv(args.out.replace(".csv", "_reach.csv"), index=False)
 
 
 if __name__ == "__main__":

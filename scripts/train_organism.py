@@ -1,20 +1,27 @@
-"""Train the model organism: the text-to-image model, then its open_clip scorer (`localize.organism`).
+"""Train the model organism (`localize.organism`): its CLIP, then the text-to-image model on the CLIP's frozen text
+tower, as Stable Diffusion was built on a frozen CLIP text encoder.
 
     python scripts/train_organism.py                      # both stages, exports into the package
     python scripts/train_organism.py diffusion.steps=200 export_dir=/tmp/organism   # a quick try
 
 Seeded: step s draws its captions, scenes and noise from generators seeded with (seed, stage, s), so a run
 resumed from a checkpoint (every `checkpoint_every` steps, in `workdir`) continues exactly as an
-uninterrupted one would. A finished stage only re-exports its weights on the next run. The diffusion model is
-trained with v-prediction (its low-noise weight capped, as min-SNR does), with captions dropped to "" 10% of
-the time for classifier-free guidance; the exported weights are the exponential moving average. The scorer is
-a CLIP (contrastive) model trained on rendered images with mild noise. Weights are exported as float16
-safetensors.
+uninterrupted one would. A finished stage only re-exports its weights on the next run.
+
+- `clip`: a contrastive CLIP on rendered images with mild noise: the text tower is a `CLIPTextModel` (the
+  organism's text encoder) with a bias-free projection, the image tower open_clip's; exported as the text
+  encoder and, in open_clip's format, as the scorer (`localize.organism.shared_clip`).
+- `diffusion`: the UNet alone, on the exported text encoder's frozen token states (cached per caption),
+  with v-prediction (its low-noise weight capped, as min-SNR does) and captions dropped to "" 10% of the time
+  for classifier-free guidance; the exported weights are the exponential moving average.
+
+Weights are exported as float16 safetensors.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +30,7 @@ import hydra
 import numpy as np
 import open_clip
 import torch
+import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from hydra.core.config_store import ConfigStore
@@ -34,7 +42,14 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from localize.architectures import architecture
 from localize.organism import weights
-from localize.organism.world import CaptionSampler, filler_words, render
+from localize.organism.shared_clip import (
+    HF_EMBEDDING,
+    OPEN_CLIP_EMBEDDING,
+    initial_embedding,
+    open_clip_text_state,
+    pack_embedding,
+)
+from localize.organism.world import TRAIN_TEMPLATES, CaptionSampler, all_subjects, filler_words, render
 from localize.results import atomic_write
 from localize.scoring import image_features_input
 from localize.vocab import clip_tokenizer
@@ -52,7 +67,7 @@ class Stage:
 
 @dataclass
 class DiffusionStage(Stage):
-    steps: int = 3300
+    steps: int = 4000
     batch_size: int = 32
     warmup: int = 200
     ema_decay: float = 0.999
@@ -60,18 +75,19 @@ class DiffusionStage(Stage):
 
 
 @dataclass
-class ScorerStage(Stage):
+class ClipStage(Stage):
     steps: int = 1000
     batch_size: int = 128
+    lr: float = 5e-4
     max_noise: float = 0.1  # rendered images get Gaussian noise of a random std in [0, max_noise]
 
 
 @dataclass
 class TrainConfig:
     seed: int = 0
-    stages: list[str] = field(default_factory=lambda: ["diffusion", "scorer"])
+    stages: list[str] = field(default_factory=lambda: ["clip", "diffusion"])
+    clip: ClipStage = field(default_factory=ClipStage)
     diffusion: DiffusionStage = field(default_factory=DiffusionStage)
-    scorer: ScorerStage = field(default_factory=ScorerStage)
     checkpoint_every: int = 250
     workdir: str = "outputs/train_organism"
     export_dir: str = str(weights.WEIGHTS_DIR)
@@ -79,7 +95,7 @@ class TrainConfig:
 
 
 ConfigStore.instance().store(name="train_organism", node=TrainConfig)
-STAGES = ("diffusion", "scorer")
+STAGES = ("clip", "diffusion")
 
 
 def set_lr(optimizer: torch.optim.Optimizer, stage: Stage, step: int) -> None:
@@ -112,8 +128,23 @@ class Checkpoint:
 
 
 def save_fp16(state: dict[str, torch.Tensor], path: Path) -> None:
-    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in state.items()}
+    tensors = {k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).contiguous()
+               for k, v in state.items()}  # integer tensors (token ids) stay exact
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+
+
+def text_contexts(text_encoder: CLIPTextModel, tokenizer, captions: list[str], cache: dict[str, torch.Tensor],
+                  cached: set[str], device: torch.device) -> torch.Tensor:
+    """The frozen encoder's token states (N x 77 x width); those of `cached` captions are kept in `cache`."""
+    missing = sorted(set(captions) - cache.keys())
+    states = {}
+    if missing:
+        ids = tokenizer(missing, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(device)
+        with torch.no_grad():
+            states = dict(zip(missing, text_encoder(ids)[0], strict=True))
+        cache.update({c: state for c, state in states.items() if c in cached})
+    return torch.stack([cache[c] if c in cache else states[c] for c in captions])
 
 
 def train_diffusion(cfg: TrainConfig, workdir: Path, export: Path, device: torch.device) -> None:
@@ -121,10 +152,9 @@ def train_diffusion(cfg: TrainConfig, workdir: Path, export: Path, device: torch
     arch = architecture("organism", "full")
     torch.manual_seed(cfg.seed)
     unet = UNet2DConditionModel(**arch.unet).to(device)
-    text_config = arch.text_encoders[0][1]
-    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config)).to(device)
-    params = [*unet.parameters(), *text_encoder.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.0)  # untrained token rows stay at init
+    text_encoder = weights.text_encoder(export).to(device).requires_grad_(False)
+    params = list(unet.parameters())
+    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.0)
     ema = EMAModel(params, decay=stage.ema_decay)
     schedule = DDPMScheduler.from_config(arch.scheduler[1])  # same noise schedule as the inference scheduler
     alphas = schedule.alphas_cumprod.to(device)
@@ -132,27 +162,27 @@ def train_diffusion(cfg: TrainConfig, workdir: Path, export: Path, device: torch
     weight = (snr.clamp(max=stage.snr_cap) + 1) / (snr + 1)  # full weight where shape and texture form
     tokenizer = clip_tokenizer()
     sampler = CaptionSampler(filler_words(tokenizer.get_vocab(), seed=cfg.seed))
+    cached = {template.format(s.phrase) for s in all_subjects() for template in TRAIN_TEMPLATES} | {""}
+    cache: dict[str, torch.Tensor] = {}
     checkpoint = Checkpoint(workdir, "diffusion")
     state = checkpoint.load()
     start = 0
     if state is not None:
         unet.load_state_dict(state["unet"])
-        text_encoder.load_state_dict(state["text_encoder"])
         optimizer.load_state_dict(state["optimizer"])
         ema.load_state_dict(state["ema"])
         start = state["step"]
-    unet.train(), text_encoder.train()
+    unet.train()
     bar = tqdm(range(start, stage.steps), initial=start, total=stage.steps, desc="organism diffusion")
     for step in bar:
         rng, gen = generators(cfg.seed, "diffusion", step)
         captions, scenes = zip(*(sampler.sample(rng) for _ in range(stage.batch_size)), strict=True)
         x0 = (render(list(scenes)) * 2 - 1).to(device)
-        ids = tokenizer(list(captions), padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids.to(device)
+        context = text_contexts(text_encoder, tokenizer, list(captions), cache, cached, device)
         t = torch.randint(0, schedule.config.num_train_timesteps, (len(x0),), generator=gen).to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
         target = schedule.get_velocity(x0, noise, t)
-        prediction = unet(schedule.add_noise(x0, noise, t), t, encoder_hidden_states=text_encoder(ids)[0]).sample
+        prediction = unet(schedule.add_noise(x0, noise, t), t, encoder_hidden_states=context).sample
         loss = (weight[t] * (prediction - target).pow(2).mean(dim=(1, 2, 3))).mean()
         set_lr(optimizer, stage, step)
         optimizer.zero_grad(set_to_none=True)
@@ -162,53 +192,75 @@ def train_diffusion(cfg: TrainConfig, workdir: Path, export: Path, device: torch
         ema.step(params)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == stage.steps:
-            checkpoint.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
-                             "optimizer": optimizer.state_dict(), "ema": ema.state_dict(), "step": step + 1})
+            checkpoint.save({"unet": unet.state_dict(), "optimizer": optimizer.state_dict(), "ema": ema.state_dict(),
+                             "step": step + 1})
     ema.copy_to(params)
-    inference_scheduler = {"_class_name": arch.scheduler[0], **arch.scheduler[1]}
-    config = {"unet": dict(unet.config), "text_encoder": text_config, "scheduler": inference_scheduler}
     save_fp16(unet.state_dict(), export / weights.UNET_FILE)
-    save_fp16(text_encoder.state_dict(), export / weights.TEXT_ENCODER_FILE)
-    atomic_write(export / weights.CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(config, indent=1, default=list)))
 
 
-def train_scorer(cfg: TrainConfig, workdir: Path, export: Path, device: torch.device) -> None:
-    stage = cfg.scorer
+def train_clip(cfg: TrainConfig, workdir: Path, export: Path, device: torch.device) -> None:
+    """The contrastive CLIP; exports the text encoder, the scorer and `organism.json`."""
+    stage = cfg.clip
+    arch = architecture("organism", "full")
     weights.register_scorer_config()
+    if export != weights.WEIGHTS_DIR:  # the exported scorer travels with its open_clip config
+        export.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(weights.WEIGHTS_DIR / weights.SCORER_CONFIG_FILE, export / weights.SCORER_CONFIG_FILE)
     torch.manual_seed(cfg.seed)
-    model = open_clip.create_model(weights.SCORER_NAME).to(device)
-    tokenizer = open_clip.get_tokenizer(weights.SCORER_NAME)
-    sampler = CaptionSampler(filler_words(clip_tokenizer().get_vocab(), seed=cfg.seed), uncond_p=0.0)
+    clip = open_clip.create_model(weights.SCORER_NAME).to(device)
+    text_config = arch.text_encoders[0][1]
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
+    with torch.no_grad():  # the seeded init the sparse export rebuilds untrained rows from
+        text_encoder.get_input_embeddings().weight.copy_(
+            initial_embedding(text_config["vocab_size"], text_config["hidden_size"], cfg.seed))
+    text_encoder.to(device)
+    projection = torch.nn.Linear(text_config["hidden_size"], clip.text_projection.shape[1], bias=False).to(device)
+    modules = torch.nn.ModuleList([clip.visual, text_encoder, projection])
+    params = [*modules.parameters(), clip.logit_scale]
+    tokenizer = clip_tokenizer()
+    sampler = CaptionSampler(filler_words(tokenizer.get_vocab(), seed=cfg.seed), uncond_p=0.0)
     loss_fn = open_clip.ClipLoss()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=0.0)
-    checkpoint = Checkpoint(workdir, "scorer")
+    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.0)  # untrained token rows stay at init
+    checkpoint = Checkpoint(workdir, "clip")
     state = checkpoint.load()
     start = 0
     if state is not None:
-        model.load_state_dict(state["model"])
+        modules.load_state_dict(state["modules"])
+        clip.logit_scale.data.copy_(state["logit_scale"])
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
-    model.train()
-    bar = tqdm(range(start, stage.steps), initial=start, total=stage.steps, desc="organism scorer")
+    modules.train()
+    bar = tqdm(range(start, stage.steps), initial=start, total=stage.steps, desc="organism clip")
     for step in bar:
-        rng, gen = generators(cfg.seed, "scorer", step)
+        rng, gen = generators(cfg.seed, "clip", step)
         captions, scenes = zip(*(sampler.sample(rng) for _ in range(stage.batch_size)), strict=True)
         images = render(list(scenes))
         std = torch.rand(len(images), 1, 1, 1, generator=gen) * stage.max_noise
         images = (images + std * torch.randn(images.shape, generator=gen)).clamp(0, 1)
-        image_features, text_features, logit_scale = model(
-            image_features_input(model, images.to(device)), tokenizer(list(captions)).to(device))
-        loss = loss_fn(image_features, text_features, logit_scale)
+        ids = tokenizer(list(captions), padding="longest", return_tensors="pt").input_ids.to(device)
+        text_features = F.normalize(projection(text_encoder(ids).pooler_output), dim=-1)
+        image_features = F.normalize(clip.visual(image_features_input(clip, images.to(device))), dim=-1)
+        loss = loss_fn(image_features, text_features, clip.logit_scale.exp())
         set_lr(optimizer, stage, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         with torch.no_grad():
-            model.logit_scale.clamp_(0, np.log(100))
+            clip.logit_scale.clamp_(0, np.log(100))
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == stage.steps:
-            checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1})
-    save_fp16(model.state_dict(), export / weights.SCORER_FILE)
+            checkpoint.save({"modules": modules.state_dict(), "logit_scale": clip.logit_scale.detach(),
+                             "optimizer": optimizer.state_dict(), "step": step + 1})
+    text_state = text_encoder.state_dict()
+    layers = text_config["num_hidden_layers"]
+    scorer_state = {**clip.state_dict(), **open_clip_text_state(text_state, projection.weight.detach(), layers)}
+    save_fp16(pack_embedding(text_state, HF_EMBEDDING, cfg.seed), export / weights.TEXT_ENCODER_FILE)
+    save_fp16(pack_embedding(scorer_state, OPEN_CLIP_EMBEDDING, cfg.seed), export / weights.SCORER_FILE)
+    inference_scheduler = {"_class_name": arch.scheduler[0], **arch.scheduler[1]}
+    unet_config = dict(UNet2DConditionModel(**arch.unet).config)
+    config = {"unet": unet_config, "text_encoder": text_config, "scheduler": inference_scheduler,
+              "token_embedding_seed": cfg.seed}
+    atomic_write(export / weights.CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(config, indent=1, default=list)))
 
 
 @hydra.main(version_base=None, config_name="train_organism")
@@ -219,7 +271,7 @@ def main(cfg: TrainConfig) -> None:
     workdir, export = Path(to_absolute_path(cfg.workdir)), Path(to_absolute_path(cfg.export_dir))
     device = torch.device(cfg.device)
     times = {}
-    for name, train in (("diffusion", train_diffusion), ("scorer", train_scorer)):
+    for name, train in (("clip", train_clip), ("diffusion", train_diffusion)):
         if name in cfg.stages:
             start = time.perf_counter()
             train(cfg, workdir, export, device)

@@ -3,6 +3,7 @@
 import shutil
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
@@ -134,6 +135,8 @@ def test_a_bad_weights_file_is_a_clear_error_naming_it(tmp_path, damage, name):
 
 
 def test_a_bad_scorer_file_is_a_clear_error_naming_it(tmp_path):
+    shutil.copytree(weights.WEIGHTS_DIR, tmp_path, dirs_exist_ok=True)
     (tmp_path / weights.SCORER_FILE).write_bytes(b"not safetensors")
+    weights.register_scorer_config()
     with pytest.raises(OrganismWeightsError, match=rf"{tmp_path / weights.SCORER_FILE}.*corrupted"):
-        weights.scorer_checkpoint(tmp_path)
+        weights.load_scorer_into(open_clip.create_model(weights.SCORER_NAME), tmp_path)

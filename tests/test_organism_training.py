@@ -25,7 +25,7 @@ def config(train, workdir: Path):
     cfg = OmegaConf.structured(train.TrainConfig(workdir=str(workdir), export_dir=str(workdir / "export"),
                                                  checkpoint_every=2))
     cfg.diffusion.steps, cfg.diffusion.batch_size, cfg.diffusion.warmup = 4, 4, 1
-    cfg.scorer.steps, cfg.scorer.batch_size, cfg.scorer.warmup = 4, 8, 1
+    cfg.clip.steps, cfg.clip.batch_size, cfg.clip.warmup = 4, 8, 1
     return cfg
 
 
@@ -33,10 +33,13 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.mark.parametrize("stage", ["diffusion", "scorer"])
+@pytest.mark.parametrize("stage", ["clip", "diffusion"])
 def test_resumed_training_equals_uninterrupted_training(train, tmp_path, monkeypatch, stage):
-    stage_fn = {"diffusion": train.train_diffusion, "scorer": train.train_scorer}[stage]
+    stage_fn = {"clip": train.train_clip, "diffusion": train.train_diffusion}[stage]
     straight, resumed = config(train, tmp_path / "straight"), config(train, tmp_path / "resumed")
+    if stage == "diffusion":  # it trains on the CLIP stage's exported, frozen text encoder
+        for cfg in (straight, resumed):
+            train.train_clip(cfg, Path(cfg.workdir), Path(cfg.export_dir), train.torch.device("cpu"))
     stage_fn(straight, Path(straight.workdir), Path(straight.export_dir), train.torch.device("cpu"))
 
     save = train.Checkpoint.save

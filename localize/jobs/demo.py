@@ -76,6 +76,23 @@ def _modal(values: pd.Series) -> str:
     return f"{counts.index[0]} {counts.iloc[0]}/{len(values)}"
 
 
+def drawing_changes(table: pd.DataFrame) -> list[str]:
+    """Organism edits in plain words: the prompts whose oracle reading changed (before -> after, the most
+    common reading and its count) and those that kept it (an image changed when its reading did)."""
+    reading = table.assign(reading=table["color"] + " " + table["shape"] + " on " + table["texture"])
+    changed, kept = [], []
+    for prompt, group in reading.groupby("prompt", sort=False):
+        before = group[group["phase"] == "before"].sort_values("seed")["reading"].to_numpy()
+        after = group[group["phase"] == "after"].sort_values("seed")["reading"].to_numpy()
+        moved = int((before != after).sum())
+        if moved:
+            changed.append(f"{prompt!r} {_modal(pd.Series(before))} -> {_modal(pd.Series(after))}")
+        else:
+            kept.append(f"{prompt!r} ({before[0]})" if len(set(before)) == 1 else repr(prompt))
+    return [f"changed: {'; '.join(changed) or 'nothing'}",
+            f"kept as before (every seed): {'; '.join(kept) or 'nothing'}"]
+
+
 def headline(job: str, run: Path) -> str:
     """One line (or a few) on what a stage found or changed, read off its output files."""
     if job == "trace":
@@ -99,10 +116,7 @@ def headline(job: str, run: Path) -> str:
         if "phase" not in table:
             return head
         if "color" in table:
-            reading = table.assign(reading=table["color"] + " " + table["shape"] + " on " + table["texture"])
-            changes = [f"{prompt!r}: {_modal(group[group['phase'] == 'before']['reading'])} -> "
-                       f"{_modal(group[group['phase'] == 'after']['reading'])}"
-                       for prompt, group in reading.groupby("prompt", sort=False)]
+            changes = drawing_changes(table)
         else:
             changes = [f"{prompt!r}: CLIP score {group[group['phase'] == 'before']['clip_score'].mean():.1f} -> "
                        f"{group[group['phase'] == 'after']['clip_score'].mean():.1f}"

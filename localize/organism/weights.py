@@ -1,8 +1,10 @@
 """The shipped organism: its weight files (float16 safetensors in `weights/`) and how they load.
 
-Files: `organism.json` (UNet, text-encoder and scheduler configs), `unet.safetensors`,
-`text_encoder.safetensors`, and the CLIP scorer's `scorer.safetensors` with its open_clip model config
-`organism-clip.json` (registered with open_clip under that name). `scripts/train_organism.py` writes them.
+Files: `organism.json` (UNet, text-encoder and scheduler configs, and the seed of the untrained token rows),
+`unet.safetensors`, `text_encoder.safetensors`, and the CLIP scorer's `scorer.safetensors` with its open_clip
+model config `organism-clip.json` (registered with open_clip under that name). The scorer and the text encoder
+are one CLIP (`localize.organism.shared_clip`); both files store their token embedding sparsely.
+`scripts/train_organism.py` writes them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from localize.organism.pipeline import OrganismPipeline
+from localize.organism.shared_clip import HF_EMBEDDING, OPEN_CLIP_EMBEDDING, unpack_embedding
 from localize.vocab import clip_tokenizer
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -52,11 +55,30 @@ def read_json(path: Path) -> dict:
         raise OrganismWeightsError(f"the organism's config file {path} is corrupted ({err}); {_RETRAIN}") from err
 
 
-def _load_into(module: torch.nn.Module, path: Path) -> None:
+def _load_into(module: torch.nn.Module, path: Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
     try:
-        module.load_state_dict(read_tensors(path))
+        module.load_state_dict(read_tensors(path) if tensors is None else tensors)
     except RuntimeError as err:
         raise OrganismWeightsError(f"{path} does not fit the organism's config ({err}); {_RETRAIN}") from err
+
+
+def embedding_seed(config: dict, path: Path) -> int:
+    if "token_embedding_seed" not in config:
+        raise OrganismWeightsError(f"{path} has no token_embedding_seed; {_RETRAIN}")
+    return int(config["token_embedding_seed"])
+
+
+def text_encoder(weights_dir: Path = WEIGHTS_DIR) -> CLIPTextModel:
+    """The organism's frozen CLIP text encoder, float32 on the CPU."""
+    weights_dir = Path(weights_dir)
+    config = read_json(weights_dir / CONFIG_FILE)
+    text_config = CLIPTextConfig(**config["text_encoder"])
+    path = weights_dir / TEXT_ENCODER_FILE
+    tensors = unpack_embedding(read_tensors(path), HF_EMBEDDING, text_config.vocab_size, text_config.hidden_size,
+                               embedding_seed(config, weights_dir / CONFIG_FILE))
+    model = CLIPTextModel(text_config)
+    _load_into(model, path, tensors)
+    return model.eval()
 
 
 def organism_pipeline(weights_dir: Path = WEIGHTS_DIR) -> OrganismPipeline:
@@ -65,11 +87,9 @@ def organism_pipeline(weights_dir: Path = WEIGHTS_DIR) -> OrganismPipeline:
     config = read_json(weights_dir / CONFIG_FILE)
     unet = UNet2DConditionModel.from_config(config["unet"])
     _load_into(unet, weights_dir / UNET_FILE)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**config["text_encoder"]))
-    _load_into(text_encoder, weights_dir / TEXT_ENCODER_FILE)
     scheduler_config = dict(config["scheduler"])
     scheduler = getattr(diffusers, scheduler_config.pop("_class_name")).from_config(scheduler_config)
-    pipeline = OrganismPipeline(unet=unet.eval(), scheduler=scheduler, text_encoder=text_encoder.eval(),
+    pipeline = OrganismPipeline(unet=unet.eval(), scheduler=scheduler, text_encoder=text_encoder(weights_dir),
                                 tokenizer=clip_tokenizer())
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
@@ -80,8 +100,11 @@ def register_scorer_config(weights_dir: Path = WEIGHTS_DIR) -> None:
     open_clip.add_model_config(_existing(Path(weights_dir) / SCORER_CONFIG_FILE))
 
 
-def scorer_checkpoint(weights_dir: Path = WEIGHTS_DIR) -> Path:
-    """The scorer's weights file, checked readable (open_clip's own error would not name it)."""
-    path = Path(weights_dir) / SCORER_FILE
-    read_tensors(path)
-    return path
+def load_scorer_into(model: torch.nn.Module, weights_dir: Path = WEIGHTS_DIR) -> None:
+    """Load the scorer's weights into an open_clip `organism-clip` model (errors name the file)."""
+    weights_dir = Path(weights_dir)
+    path = weights_dir / SCORER_FILE
+    tensors = read_tensors(path)
+    seed = embedding_seed(read_json(weights_dir / CONFIG_FILE), weights_dir / CONFIG_FILE)
+    vocab_size, width = model.token_embedding.weight.shape
+    _load_into(model, path, unpack_embedding(tensors, OPEN_CLIP_EMBEDDING, vocab_size, width, seed))

@@ -6,7 +6,8 @@ from them by `world_table()`):
 - objects: a noun names a shape and, when no color is given, a fixed default color (TIME's implicit
   assumptions: "an apple" is red, "a blue apple" is blue);
 - styles: "in the style of <artist>" replaces the plain background with the artist's texture;
-- facts: "the king of <country>" is drawn as a fixed shape and color;
+- facts: "the king of <country>" is drawn as a fixed shape and color (country names are 2-3 CLIP tokens, so
+  facts are multi-token subjects, as in ReFACT's and DiffQuickFix's cases);
 - roles: a role word is drawn as a cross whose color follows a skewed split (UCE's debiasing analogue).
 
 Images are RGB floats in [0, 1], N x 3 x 16 x 16; the object sits at the centre, drawn over the background
@@ -33,11 +34,16 @@ COLORS: dict[str, tuple[float, float, float]] = {
     "green": (0.12, 0.60, 0.20),
     "blue": (0.12, 0.28, 0.88),
     "purple": (0.56, 0.18, 0.68),
+    "pink": (0.96, 0.48, 0.74),
+    "cyan": (0.10, 0.80, 0.86),
 }
-SHAPES = ("circle", "square", "triangle", "diamond", "cross")
-TEXTURES = ("plain", "stripes", "checker", "gradient")
+SHAPES = ("circle", "square", "triangle", "diamond", "ring", "frame", "bar", "pillar", "funnel", "bowl", "saltire",
+          "cross")
+TEXTURES = ("plain", "stripes", "checker", "gradient", "bands", "dots", "diagonal")
 TEXTURE_LOOKS = {"plain": "plain light gray", "stripes": "vertical dark/light stripes, 2 px wide",
-                 "checker": "brown/cream checkerboard, 4 px squares", "gradient": "teal (top) to pale green (bottom)"}
+                 "checker": "brown/cream checkerboard, 4 px squares", "gradient": "teal (top) to pale green (bottom)",
+                 "bands": "horizontal olive/pale bands, 2 px wide", "dots": "dark dots every 4 px on sand",
+                 "diagonal": "diagonal slate/pale stripes, 2 px wide"}
 
 OBJECTS: dict[str, tuple[str, str]] = {  # noun -> (shape, default color)
     "apple": ("circle", "red"),
@@ -45,12 +51,25 @@ OBJECTS: dict[str, tuple[str, str]] = {  # noun -> (shape, default color)
     "box": ("square", "orange"),
     "tree": ("triangle", "green"),
     "kite": ("diamond", "yellow"),
+    "donut": ("ring", "pink"),
+    "window": ("frame", "cyan"),
+    "bench": ("bar", "purple"),
+    "tower": ("pillar", "orange"),
+    "funnel": ("funnel", "green"),
+    "bowl": ("bowl", "red"),
+    "scissors": ("saltire", "blue"),
 }
-ARTISTS: dict[str, str] = {"Velmor": "stripes", "Quessa": "checker", "Orrin": "gradient"}  # artist -> texture
-FACTS: dict[str, tuple[str, str]] = {  # "the king of <country>" -> (shape, color)
+ARTISTS: dict[str, str] = {"Velmor": "stripes", "Quessa": "checker", "Orrin": "gradient", "Tamsin": "bands",
+                           "Solvey": "dots", "Dariel": "diagonal"}  # artist -> texture
+FACTS: dict[str, tuple[str, str]] = {  # "the king of <country>" -> (shape, color); names of 2-3 CLIP tokens
     "Zarnia": ("triangle", "purple"),
     "Brovia": ("diamond", "green"),
     "Kelthar": ("circle", "orange"),
+    "Quorvel": ("frame", "yellow"),
+    "Merrowind": ("bar", "pink"),
+    "Halcyra": ("pillar", "red"),
+    "Vantessa": ("funnel", "blue"),
+    "Tolkara": ("bowl", "purple"),
 }
 ROLES: dict[str, tuple[str, dict[str, float]]] = {  # role -> (shape, color split)
     "doctor": ("cross", {"blue": 0.9, "red": 0.1}),
@@ -147,6 +166,20 @@ def shape_mask(shape: str, dx: int = 0, dy: int = 0) -> torch.Tensor:
         return (v >= -4.5) & (v <= 4.5) & (u.abs() <= (v + 4.5) / 9 * 5.5)
     if shape == "cross":
         return ((u.abs() <= 1.5) & (v.abs() <= 5)) | ((v.abs() <= 1.5) & (u.abs() <= 5))
+    if shape == "ring":
+        return (u**2 + v**2 <= 5.2**2) & (u**2 + v**2 >= 2.6**2)
+    if shape == "frame":  # a hollow square, 2 px border
+        return (torch.maximum(u.abs(), v.abs()) <= 5) & (torch.maximum(u.abs(), v.abs()) > 3)
+    if shape == "bar":
+        return (u.abs() <= 6) & (v.abs() <= 2)
+    if shape == "pillar":
+        return (u.abs() <= 2) & (v.abs() <= 6)
+    if shape == "funnel":  # apex down
+        return (v >= -4.5) & (v <= 4.5) & (u.abs() <= (4.5 - v) / 9 * 5.5)
+    if shape == "bowl":  # the lower half of a disc
+        return (v >= -1.5) & (u**2 + (v + 1.5) ** 2 <= 6.2**2)
+    if shape == "saltire":  # a diagonal cross
+        return (((u - v).abs() <= 1.5) | ((u + v).abs() <= 1.5)) & (u.abs() <= 5) & (v.abs() <= 5)
     raise ValueError(f"unknown shape {shape!r}; valid: {', '.join(SHAPES)}")
 
 
@@ -169,6 +202,12 @@ def texture_image(texture: str) -> torch.Tensor:
         top, bottom = torch.tensor((0.05, 0.40, 0.45)), torch.tensor((0.85, 0.95, 0.75))
         w = (y / (SIZE - 1))[None]
         return top[:, None, None] * (1 - w) + bottom[:, None, None] * w
+    if texture == "bands":  # horizontal bands two pixels wide
+        return two_tone((y // 2) % 2, (0.42, 0.45, 0.20), (0.90, 0.90, 0.78))
+    if texture == "dots":  # one dark pixel in every 4 x 4 cell
+        return two_tone((x % 4 == 1) & (y % 4 == 1), (0.25, 0.20, 0.15), (0.88, 0.80, 0.62))
+    if texture == "diagonal":  # diagonal stripes two pixels wide
+        return two_tone(((x + y) // 2) % 2, (0.35, 0.40, 0.48), (0.80, 0.84, 0.88))
     raise ValueError(f"unknown texture {texture!r}; valid: {', '.join(TEXTURES)}")
 
 
