@@ -70,8 +70,10 @@ class NeuronSettings:
 
 
 @torch.no_grad()
-def activations(model: Model, layers: Sequence[int], projection: str, prompts: Sequence[str]) -> torch.Tensor:
-    """Per prompt, per layer, each neuron's output averaged over token positions: prompts x layers x neurons.
+def activations(model: Model, layers: Sequence[int], projection: str, prompts: Sequence[str]
+                ) -> list[torch.Tensor]:
+    """Per layer (in `layers` order), each neuron's output averaged over token positions: prompts x neurons (a
+    window may cross resolutions, so layers can differ in width).
 
     Recorded from the projections during one UNet forward of the prompts (their outputs depend on the text
     alone), so whatever the attention processor does to the text first (IF's cross-attention norm) is included.
@@ -93,7 +95,7 @@ def activations(model: Model, layers: Sequence[int], projection: str, prompts: S
     finally:
         for handle in handles:
             handle.remove()
-    return torch.stack([recorded[k] for k in layers], dim=1)
+    return [recorded[k] for k in layers]
 
 
 @dataclass(frozen=True)
@@ -123,11 +125,11 @@ def score_neurons(model: Model, layers: Sequence[int], attribute_prompts: Sequen
     for projection in projections:
         attribute = activations(model, layers, projection, attribute_prompts)
         neutral = activations(model, layers, projection, neutral_prompts)
-        t = ttest_ind(attribute.numpy(), neutral.numpy(), axis=0, equal_var=False).statistic  # layers x neurons
-        for j, layer in enumerate(layers):
-            means[layer, projection] = neutral[:, j].mean(0)
-            neurons += [Neuron(layer, projection, i) for i in range(t.shape[1])]
-            ts.append(np.nan_to_num(t[j], nan=0.0))  # a neuron constant over all prompts separates nothing
+        for layer, on, off in zip(layers, attribute, neutral, strict=True):
+            t = ttest_ind(on.numpy(), off.numpy(), axis=0, equal_var=False).statistic
+            means[layer, projection] = off.mean(0)
+            neurons += [Neuron(layer, projection, i) for i in range(len(t))]
+            ts.append(np.nan_to_num(t, nan=0.0))  # a neuron constant over all prompts separates nothing
     return NeuronScores(neurons, np.concatenate(ts), means)
 
 

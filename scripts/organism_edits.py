@@ -330,11 +330,13 @@ def main() -> None:
     after = read(model, ["a doctor"], seeds, debias)
     red = lambda prompt: ("cross", "red", "plain")  # noqa: E731
     print(f"uce debias: red share {share(before, red):.2f} before, {share(after, red):.2f} after (goal 0.40-0.60)")
+    red_after = share(after, red)
     records.append({"method": "uce-debias", "variant": "correct", "red before": share(before, red),
-                    "red after": share(after, red)})
+                    "red after": red_after, "passes": 0.4 <= red_after <= 0.6})
 
     table = pd.DataFrame(records)
-    table["caught"] = ~table["passes"]
+    table["caught"] = ~table["passes"].astype(bool)
+    table.to_csv(args.out, index=False)
     print("\nmethod x variant (a broken variant must be caught):")
     print(table.drop(columns=["passes"]).to_markdown(index=False, floatfmt=".2f"))
     print("\nTIME's text geometry:")
@@ -343,7 +345,6 @@ def main() -> None:
     print("\nsubject swap per text-encoder layer:")
     swap = subject_swap(model, seeds)
     print(swap.to_markdown(index=False, floatfmt=".2f"))
-    table.to_csv(args.out, index=False)
     swap.to_csv(args.out.replace(".csv", "_swap.csv"), index=False)
     print("\nwhere the UNet reads the fact (another king's conditioning at some positions only):")
     read_at = reach(model, seeds)

@@ -101,7 +101,8 @@ def test_trace_table_and_effects(organism, scorer):
     for unit in (APPLE, KING):
         rows = table[table["prompt"] == unit.prompt]
         assert (rows["group"] == "unet").sum() == 10  # the organism's cross-attention layers
-        assert (rows["group"] == "text_encoder").sum() == 4 * (n_tokens[unit.prompt] + 1)  # + the padding span
+        layers = len(organism.text_encoder_layers)
+        assert (rows["group"] == "text_encoder").sum() == layers * (n_tokens[unit.prompt] + 1)  # + padding span
     measured = table.dropna(subset=["indirect_effect"])
     expected = (measured["score_restored"] - measured["score_corrupted"]) / (
         measured["score_clean"] - measured["score_corrupted"])

@@ -71,7 +71,7 @@ def test_trace_job_rejects_bad_settings_before_loading_anything(tmp_path):
     assert result.returncode != 0 and "confidence must be in (0, 1), got 95" in result.stderr
 
 
-def test_locogen_job_writes_the_chosen_window_curve_and_summary(tmp_path):
+def test_locogen_job_writes_the_chosen_window_curve_and_summary(tmp_path, organism):
     out = tmp_path / "run"
     result = localize("locogen", "prompts=organism_facts", "seeds=[0]", "steps=2", "m=3", "neurons.ks=[1,8]",
                       "neurons.random_draws=1", "progress=false", f"hydra.run.dir={out}", cwd=tmp_path)
@@ -88,7 +88,9 @@ def test_locogen_job_writes_the_chosen_window_curve_and_summary(tmp_path):
     neurons = pd.read_parquet(out / "neurons.parquet")
     assert len(neurons) == 3 * 2 * 2 and set(neurons["k"]) == {1, 8}
     scores = pd.read_parquet(out / "neuron_scores.parquet")
-    assert set(scores["layer"]) == {int(k) for k in chosen[0].split(",")} and len(scores) == 3 * 2 * 64
+    layers = [int(k) for k in chosen[0].split(",")]
+    width = sum(organism.cross_attention_layers[k].key.out_features for k in layers)
+    assert set(scores["layer"]) == set(layers) and len(scores) == 2 * width  # to_k and to_v
 
 
 def test_locogen_job_rejects_a_window_larger_than_the_model(tmp_path):

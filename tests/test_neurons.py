@@ -35,19 +35,28 @@ def test_activations_are_the_projection_outputs_the_layer_computes_in_the_unet(f
             for handle in handles:
                 handle.remove()
     expected = torch.stack([out[0].float().mean(0) for out in recorded])
-    assert torch.allclose(activations(model, layers, "to_k", [NEUTRAL[0]])[0], expected, atol=1e-5)
+    measured = torch.stack([layer[0] for layer in activations(model, layers, "to_k", [NEUTRAL[0]])])
+    assert torch.allclose(measured, expected, atol=1e-5)
 
 
 def test_welch_t_matches_its_formula(organism):
     scores = score_neurons(organism, [4], ATTRIBUTE, NEUTRAL, projections=("to_v",))
-    a = activations(organism, [4], "to_v", ATTRIBUTE)[:, 0].double()
-    n = activations(organism, [4], "to_v", NEUTRAL)[:, 0].double()
+    a = activations(organism, [4], "to_v", ATTRIBUTE)[0].double()
+    n = activations(organism, [4], "to_v", NEUTRAL)[0].double()
     t = (a.mean(0) - n.mean(0)) / (a.var(0) / 3 + n.var(0) / 3).sqrt()
     assert np.allclose(scores.t, t.numpy(), atol=1e-4)
     assert scores.neurons[5] == Neuron(4, "to_v", 5)
     assert torch.allclose(scores.neutral_mean[4, "to_v"], n.mean(0).float())
     top = scores.top(3)
     assert sorted(np.abs(scores.t), reverse=True)[:3] == pytest.approx([abs(scores.t[x.index]) for x in top])
+
+
+def test_windows_across_resolutions_score_every_neuron_of_each_layer(organism):
+    layers = [7, 8]  # up_blocks.1 (64 wide) and up_blocks.2 (32 wide)
+    widths = [organism.cross_attention_layers[k].key.out_features for k in layers]
+    assert widths[0] != widths[1]
+    scores = score_neurons(organism, layers, ATTRIBUTE, NEUTRAL, projections=("to_k",))
+    assert len(scores.t) == sum(widths) and scores.neurons[widths[0]] == Neuron(8, "to_k", 0)
 
 
 def test_zero_ablation_of_every_neuron_equals_zeroed_projection_weights(organism):
