@@ -43,7 +43,7 @@ from localize.conditioning import text_contexts
 from localize.organism.oracle import read_images
 from localize.organism.world import ARTISTS, FACTS, HELD_OUT_TEMPLATES, OBJECTS, TRAIN_TEMPLATES, article
 from localize.patches import Patch
-from localize.tokens import last_subject_token
+from localize.tokens import last_subject_token, phrase_positions
 from locoedit.cross_attention import PromptPair, pair_rows, solve_projections
 from locoedit.debias import organism_classifier
 from locoedit.edits import Edit, WeightUpdate
@@ -56,6 +56,7 @@ GOALS = {"time": {"efficacy": 0.8, "generality": 0.7, "specificity": 0.8},
          "uce": {"efficacy": 0.9, "specificity": 0.9},
          "locoedit": {"efficacy": 0.8, "specificity": 0.8}}
 STEPS, GUIDANCE = 25, 7.5
+KING_PAIRS = (("Zarnia", "Brovia"), ("Kelthar", "Vantessa"), ("Quorvel", "Merrowind"))  # same token counts
 
 
 def phrase(noun: str) -> str:
@@ -77,6 +78,15 @@ def share(table: pd.DataFrame, wanted) -> float:
         return all(w is None or row[c] == w for c, w in zip(("shape", "color", "texture"), wanted(row["prompt"]),
                                                              strict=True))
     return float(table.apply(hit, axis=1).mean())
+
+
+def blue_square(prompt: str) -> tuple:
+    return ("square", "blue", "plain")
+
+
+def king(country: str):
+    """The drawing wanted of any prompt: the king of `country`'s."""
+    return lambda prompt: (*FACTS[country], "plain")
 
 
 def default_drawing(prompt: str) -> tuple:
@@ -156,13 +166,11 @@ class Cases:
     def check(self, method: str, edit: Edit) -> dict[str, float]:
         model, seeds = self.model, self.seeds
         if method == "time":
-            blue_box = lambda prompt: ("square", "blue", "plain")  # noqa: E731
-            return {"efficacy": share(read(model, self.box_train, seeds, edit), blue_box),
-                    "generality": share(read(model, self.box_held_out, seeds, edit), blue_box),
+            return {"efficacy": share(read(model, self.box_train, seeds, edit), blue_square),
+                    "generality": share(read(model, self.box_held_out, seeds, edit), blue_square),
                     "specificity": share(read(model, self.other_objects, seeds, edit), default_drawing)}
         if method in ("diffquickfix", "refact"):
-            blue_box = lambda prompt: ("square", "blue", "plain")  # noqa: E731
-            return {"efficacy": share(read(model, self.kings, seeds, edit), blue_box),
+            return {"efficacy": share(read(model, self.kings, seeds, edit), blue_square),
                     "specificity": share(read(model, self.other_kings, seeds, edit), king_drawing)}
         if method in ("uce", "locoedit"):
             plain = lambda prompt: (*OBJECTS[prompt.split()[1]], "plain")  # noqa: E731
@@ -219,31 +227,24 @@ def time_geometry(model, others: list[str], lam: float = 0.1) -> dict[str, float
             "share inside (last word)": inside(words)}
 
 
-def subject_swap(model, seeds, pairs=(("Zarnia", "Brovia"), ("Kelthar", "Vantessa"), ("Quorvel", "Merrowind"))
-                 ) -> pd.DataFrame:
+def subject_swap(model, seeds, pairs=KING_PAIRS) -> pd.DataFrame:
     """Share of images drawing the other king when every state up to the last subject token is the other
     king's, at the embeddings or after layer L (both names have the same token count)."""
     encoder = model.text_encoders[0]
-    layers = sum(entry.encoder == 0 for entry in model.text_encoder_layers)
-    rows = []
-    for layer in ["embeddings", *range(layers)]:
-        hits = []
-        for king, other in pairs:
-            source, donor = f"the king of {king}", f"the king of {other}"
-            end = last_subject_token(model.tokenizer, source, king)
-            ids = model.tokenizer([donor], padding="max_length", max_length=model.spec.max_tokens,
-                                  return_tensors="pt").input_ids.to(model.device)
-            with torch.no_grad():
-                states = encoder(ids, output_hidden_states=True).hidden_states
-            index = 0 if layer == "embeddings" else layer + 1
+    layers = ["embeddings", *range(sum(entry.encoder == 0 for entry in model.text_encoder_layers))]
+    hits = {layer: [] for layer in layers}
+    for country, other in pairs:
+        source = f"the king of {country}"
+        tokens = tuple(range(phrase_positions(model.tokenizer, source, country)[-1] + 1))
+        ids = model.tokenizer([f"the king of {other}"], padding="max_length", max_length=model.spec.max_tokens,
+                              return_tensors="pt").input_ids.to(model.device)
+        with torch.no_grad():
+            states = encoder(ids, output_hidden_states=True).hidden_states  # [embeddings, layer 0, ...]
+        for index, layer in enumerate(layers):
             site = "text_encoder.0.embeddings" if layer == "embeddings" else f"text_encoder.0.layers.{layer}"
-            value = states[index][0].clone()
-            tokens = tuple(range(end + 1))
-            patch = Patch(site, "replace", value, tokens=tokens, branch="cond")
-            table = read(model, [source], seeds, patches=[patch])
-            hits.append(share(table, lambda prompt, other=other: (*FACTS[other], "plain")))
-        rows.append({"layer": layer, "other king drawn": sum(hits) / len(hits)})
-    return pd.DataFrame(rows)
+            patch = Patch(site, "replace", states[index][0].clone(), tokens=tokens, branch="cond")
+            hits[layer].append(share(read(model, [source], seeds, patches=[patch]), king(other)))
+    return pd.DataFrame({"layer": layers, "other king drawn": [sum(h) / len(h) for h in hits.values()]})
 
 
 def run_locogen_on_styles() -> Path:
@@ -256,30 +257,24 @@ def run_locogen_on_styles() -> Path:
     return out / "results.parquet"
 
 
-def reach(model, seeds, pairs=(("Zarnia", "Brovia"), ("Kelthar", "Vantessa"), ("Quorvel", "Merrowind"))
-          ) -> pd.DataFrame:
+def reach(model, seeds, pairs=KING_PAIRS) -> pd.DataFrame:
     """Where the UNet reads a fact: the king's text conditioning, at every cross-attention layer (conditional
     half), takes another king's values at some positions only; the share of images that then draw the other
     king. Positions: the first subject token, the last subject token, the end token, the padding after it."""
     rows = []
-    spans = ("first subject token", "last subject token", "end token", "padding", "end token and padding")
-    for king, other in pairs:
-        source, donor = f"the king of {king}", f"the king of {other}"
-        first = len(model.tokenizer(source).input_ids) - 1 - len(model.tokenizer(king, add_special_tokens=False)
-                                                                  .input_ids)
-        last = last_subject_token(model.tokenizer, source, king)
-        end = last + 1
-        positions = {"first subject token": [first], "last subject token": [last], "end token": [end],
+    for country, other in pairs:
+        source = f"the king of {country}"
+        subject = phrase_positions(model.tokenizer, source, country)
+        end = subject[-1] + 1
+        positions = {"first subject token": [subject[0]], "last subject token": [subject[-1]], "end token": [end],
                      "padding": list(range(end + 1, model.spec.max_tokens)),
                      "end token and padding": list(range(end, model.spec.max_tokens))}
-        value = text_contexts(model, [donor])[0]
-        for span in spans:
-            tokens = tuple(positions[span])
-            patches = [Patch(f"cross_attn.{k}.context", "replace", value, tokens=tokens, branch="cond")
+        value = text_contexts(model, [f"the king of {other}"])[0]
+        for span, tokens in positions.items():
+            patches = [Patch(f"cross_attn.{k}.context", "replace", value, tokens=tuple(tokens), branch="cond")
                        for k in range(len(model.cross_attention_layers))]
             table = read(model, [source], seeds, patches=patches)
-            rows.append({"span": span, "pair": f"{king}<-{other}",
-                         "other king drawn": share(table, lambda prompt, other=other: (*FACTS[other], "plain"))})
+            rows.append({"span": span, "pair": f"{country}<-{other}", "other king drawn": share(table, king(other))})
     return pd.DataFrame(rows).groupby("span", sort=False)["other king drawn"].mean().reset_index()
 
 
@@ -296,10 +291,10 @@ def main() -> None:
     cases = Cases(model, seeds)
     records = []
 
-    def measure(method, name, edit, **extra):
+    def measure(method, name, edit):
         readings = cases.check(method, edit)
         ok = passes(method, readings)
-        records.append({"method": method, "variant": name, **readings, "passes": ok, **extra})
+        records.append({"method": method, "variant": name, **readings, "passes": ok})
         shown = "  ".join(f"{k} {v:.2f}" for k, v in readings.items())
         print(f"{method:12s} {name:26s} {shown}  {'PASSES' if ok else 'fails'}", flush=True)
 

@@ -84,8 +84,7 @@ def drawing_changes(table: pd.DataFrame) -> list[str]:
     for prompt, group in reading.groupby("prompt", sort=False):
         before = group[group["phase"] == "before"].sort_values("seed")["reading"].to_numpy()
         after = group[group["phase"] == "after"].sort_values("seed")["reading"].to_numpy()
-        moved = int((before != after).sum())
-        if moved:
+        if (before != after).any():
             changed.append(f"{prompt!r} {_modal(pd.Series(before))} -> {_modal(pd.Series(after))}")
         else:
             kept.append(f"{prompt!r} ({before[0]})" if len(set(before)) == 1 else repr(prompt))
