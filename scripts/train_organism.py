@@ -1,7 +1,7 @@
 """Train the model organism (`localize.organism`): its CLIP, then the text-to-image model on the CLIP's frozen text
 tower, as Stable Diffusion was built on a frozen CLIP text encoder.
 
-    python scripts/train_organism.py                      # both stages, exports into the package
+    python scripts/train_organism.py                      # every stage, exports into the package
     python scripts/train_organism.py diffusion.steps=200 export_dir=/tmp/organism   # a quick try
 
 Seeded: step s draws its captions, scenes and noise from generators seeded with (seed, stage, s), so a run
@@ -10,7 +10,12 @@ uninterrupted one would. A finished stage only re-exports its weights on the nex
 
 - `clip`: a contrastive CLIP on rendered images with mild noise: the text tower is a `CLIPTextModel` (the
   organism's text encoder) with a bias-free projection, the image tower open_clip's; exported as the text
-  encoder and, in open_clip's format, as the scorer (`localize.organism.shared_clip`).
+  encoder and, in open_clip's format, as the scorer (`localize.organism.shared_clip`). Per caption, the end
+  span may read the caption's words only from a random layer in 0..`read_delay` on (`delayed_reading`; every
+  layer reads at inference), so that the subject reaches the end span through the middle layers, as the
+  published edits of CLIP's middle layers (ReFACT) need; without it the end span reads the words in layer 0 only.
+- `clip_span`: the finished `clip` fine-tuned at all 77 positions, its caption feature read anywhere in the
+  end span (`pooled_positions`), so that the padding the UNet reads is a trained summary of the caption; re-exported.
 - `diffusion`: the UNet alone, on the exported text encoder's frozen token states (cached per caption),
   with v-prediction (its low-noise weight capped, as min-SNR does) and captions dropped to "" 10% of the time
   for classifier-free guidance; the exported weights are the exponential moving average.
@@ -23,6 +28,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,7 +73,7 @@ class Stage:
 
 @dataclass
 class DiffusionStage(Stage):
-    steps: int = 4000
+    steps: int = 2500
     batch_size: int = 32
     warmup: int = 200
     ema_decay: float = 0.999
@@ -80,13 +86,75 @@ class ClipStage(Stage):
     batch_size: int = 128
     lr: float = 5e-4
     max_noise: float = 0.1  # rendered images get Gaussian noise of a random std in [0, max_noise]
+    pool: str = "end_token"  # see `pooled_positions`
+    read_delay: int = 4  # per caption, layers below a delay drawn from 0..read_delay: see `delayed_reading`
+
+
+@dataclass
+class ClipSpanStage(ClipStage):
+    """The CLIP fine-tuned at the full 77 positions, pooled anywhere in the end span (`pooled_positions`)."""
+
+    steps: int = 150
+    lr: float = 2e-4
+    warmup: int = 20
+    pool: str = "end_span"
+
+
+POOLS = ("end_token", "end_span")
+
+
+@contextmanager
+def delayed_reading(text_encoder: CLIPTextModel, first_end: torch.Tensor, delay: torch.Tensor, length: int):
+    """Inside, in the text layers below `delay[i]`, caption i's end span (its end token at `first_end[i]` and
+    the padding after it) attends only to the start token and to itself, not to the caption's words; the causal
+    mask holds everywhere. Both tensors have one entry per caption."""
+    positions = torch.arange(length, device=first_end.device)
+    in_span = positions[None, :, None] >= first_end[:, None, None]  # N x query x 1
+    word = (positions[None, None, :] >= 1) & (positions[None, None, :] < first_end[:, None, None])  # N x 1 x key
+    causal = positions[None, :] > positions[:, None]
+
+    def mask_layer(index: int):
+        def hook(module, args, kwargs):
+            blocked = causal | (in_span & word & (delay[:, None, None] > index))
+            mask = torch.zeros(blocked.shape, dtype=args[0].dtype, device=args[0].device)
+            return (args[0], mask.masked_fill(blocked, float("-inf"))[:, None], *args[2:]), kwargs
+        return hook
+
+    handles = [layer.register_forward_pre_hook(mask_layer(index), with_kwargs=True)
+               for index, layer in enumerate(text_encoder.encoder.layers)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def caption_ids(tokenizer, captions: list[str], pool: str) -> torch.Tensor:
+    """Token ids, padded with the end token to the batch's longest caption for `end_token` pooling (the causal
+    mask makes that exact) and to all 77 positions for `end_span`."""
+    padding = {"padding": "longest"} if pool == "end_token" else {"padding": "max_length",
+                                                                   "max_length": tokenizer.model_max_length}
+    return tokenizer(captions, return_tensors="pt", **padding).input_ids
+
+
+def pooled_positions(first_end: torch.Tensor, length: int, pool: str, gen: torch.Generator) -> torch.Tensor:
+    """Where each caption's feature is read from the final states. `end_token` is CLIP's: the first end token.
+    `end_span`: a position drawn uniformly from the caption's end span (its end token and the padding after
+    it), so that every padding state the UNet reads is trained to summarise the caption."""
+    if pool == "end_token":
+        return first_end
+    return first_end + (torch.rand(len(first_end), generator=gen) * (length - first_end)).long()
+
+
+STAGES = ("clip", "clip_span", "diffusion")
 
 
 @dataclass
 class TrainConfig:
     seed: int = 0
-    stages: list[str] = field(default_factory=lambda: ["clip", "diffusion"])
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
     clip: ClipStage = field(default_factory=ClipStage)
+    clip_span: ClipSpanStage = field(default_factory=ClipSpanStage)
     diffusion: DiffusionStage = field(default_factory=DiffusionStage)
     checkpoint_every: int = 250
     workdir: str = "outputs/train_organism"
@@ -95,7 +163,6 @@ class TrainConfig:
 
 
 ConfigStore.instance().store(name="train_organism", node=TrainConfig)
-STAGES = ("clip", "diffusion")
 
 
 def set_lr(optimizer: torch.optim.Optimizer, stage: Stage, step: int) -> None:
@@ -198,9 +265,10 @@ def train_diffusion(cfg: TrainConfig, workdir: Path, export: Path, device: torch
     save_fp16(unet.state_dict(), export / weights.UNET_FILE)
 
 
-def train_clip(cfg: TrainConfig, workdir: Path, export: Path, device: torch.device) -> None:
-    """The contrastive CLIP; exports the text encoder, the scorer and `organism.json`."""
-    stage = cfg.clip
+def train_clip(cfg: TrainConfig, workdir: Path, export: Path, device: torch.device, name: str = "clip") -> None:
+    """The contrastive CLIP (stage `name`: `clip`, or `clip_span` starting from the finished `clip`); exports
+    the text encoder, the scorer and `organism.json`."""
+    stage = getattr(cfg, name)
     arch = architecture("organism", "full")
     weights.register_scorer_config()
     if export != weights.WEIGHTS_DIR:  # the exported scorer travels with its open_clip config
@@ -210,6 +278,7 @@ def train_clip(cfg: TrainConfig, workdir: Path, export: Path, device: torch.devi
     clip = open_clip.create_model(weights.SCORER_NAME).to(device)
     text_config = arch.text_encoders[0][1]
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
+    layers = text_config["num_hidden_layers"]
     with torch.no_grad():  # the seeded init the sparse export rebuilds untrained rows from
         text_encoder.get_input_embeddings().weight.copy_(
             initial_embedding(text_config["vocab_size"], text_config["hidden_size"], cfg.seed))
@@ -221,24 +290,38 @@ def train_clip(cfg: TrainConfig, workdir: Path, export: Path, device: torch.devi
     sampler = CaptionSampler(filler_words(tokenizer.get_vocab(), seed=cfg.seed), uncond_p=0.0)
     loss_fn = open_clip.ClipLoss()
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.0)  # untrained token rows stay at init
-    checkpoint = Checkpoint(workdir, "clip")
+    checkpoint = Checkpoint(workdir, name)
     state = checkpoint.load()
     start = 0
+    if state is None and name == "clip_span":
+        state = Checkpoint(workdir, "clip").load()
+        if state is None or state["step"] != cfg.clip.steps:
+            raise FileNotFoundError(f"stage clip_span starts from a finished clip stage in {workdir}; run it first")
+        state = {"modules": state["modules"], "logit_scale": state["logit_scale"]}
     if state is not None:
         modules.load_state_dict(state["modules"])
         clip.logit_scale.data.copy_(state["logit_scale"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+            start = state["step"]
     modules.train()
-    bar = tqdm(range(start, stage.steps), initial=start, total=stage.steps, desc="organism clip")
+    bar = tqdm(range(start, stage.steps), initial=start, total=stage.steps, desc=f"organism {name}")
     for step in bar:
-        rng, gen = generators(cfg.seed, "clip", step)
+        rng, gen = generators(cfg.seed, name, step)
         captions, scenes = zip(*(sampler.sample(rng) for _ in range(stage.batch_size)), strict=True)
         images = render(list(scenes))
         std = torch.rand(len(images), 1, 1, 1, generator=gen) * stage.max_noise
         images = (images + std * torch.randn(images.shape, generator=gen)).clamp(0, 1)
-        ids = tokenizer(list(captions), padding="longest", return_tensors="pt").input_ids.to(device)
-        text_features = F.normalize(projection(text_encoder(ids).pooler_output), dim=-1)
+        ids = caption_ids(tokenizer, list(captions), stage.pool)
+        first_end = (ids == tokenizer.eos_token_id).int().argmax(dim=1)
+        position = pooled_positions(first_end, ids.shape[1], stage.pool, gen)
+        reading = nullcontext()
+        if stage.read_delay:
+            delay = torch.randint(0, stage.read_delay + 1, (len(ids),), generator=gen)
+            reading = delayed_reading(text_encoder, first_end.to(device), delay.to(device), ids.shape[1])
+        with reading:
+            states = text_encoder(ids.to(device)).last_hidden_state
+        text_features = F.normalize(projection(states[torch.arange(len(ids), device=device), position.to(device)]), dim=-1)
         image_features = F.normalize(clip.visual(image_features_input(clip, images.to(device))), dim=-1)
         loss = loss_fn(image_features, text_features, clip.logit_scale.exp())
         set_lr(optimizer, stage, step)
@@ -252,7 +335,6 @@ def train_clip(cfg: TrainConfig, workdir: Path, export: Path, device: torch.devi
             checkpoint.save({"modules": modules.state_dict(), "logit_scale": clip.logit_scale.detach(),
                              "optimizer": optimizer.state_dict(), "step": step + 1})
     text_state = text_encoder.state_dict()
-    layers = text_config["num_hidden_layers"]
     scorer_state = {**clip.state_dict(), **open_clip_text_state(text_state, projection.weight.detach(), layers)}
     save_fp16(pack_embedding(text_state, HF_EMBEDDING, cfg.seed), export / weights.TEXT_ENCODER_FILE)
     save_fp16(pack_embedding(scorer_state, OPEN_CLIP_EMBEDDING, cfg.seed), export / weights.SCORER_FILE)
@@ -268,13 +350,19 @@ def main(cfg: TrainConfig) -> None:
     unknown = sorted(set(cfg.stages) - set(STAGES))
     if unknown:
         raise ValueError(f"unknown stages {unknown}; valid: {', '.join(STAGES)}")
+    for name in ("clip", "clip_span"):
+        if getattr(cfg, name).pool not in POOLS:
+            raise ValueError(f"{name}.pool={getattr(cfg, name).pool!r} is not valid; valid: {', '.join(POOLS)}")
     workdir, export = Path(to_absolute_path(cfg.workdir)), Path(to_absolute_path(cfg.export_dir))
     device = torch.device(cfg.device)
     times = {}
-    for name, train in (("clip", train_clip), ("diffusion", train_diffusion)):
+    for name in STAGES:
         if name in cfg.stages:
             start = time.perf_counter()
-            train(cfg, workdir, export, device)
+            if name == "diffusion":
+                train_diffusion(cfg, workdir, export, device)
+            else:
+                train_clip(cfg, workdir, export, device, name)
             times[name] = time.perf_counter() - start
     atomic_write(workdir / "config.yaml", lambda tmp: tmp.write_text(OmegaConf.to_yaml(cfg)))
     print("wall time per stage (s):", {k: round(v, 1) for k, v in times.items()}, "| exported to", export)

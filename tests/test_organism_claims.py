@@ -17,6 +17,7 @@ def readings(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("organism_edits")
     result = subprocess.run([sys.executable, str(SCRIPT), "--seeds", "16"], cwd=cwd, capture_output=True, text=True,
                             timeout=3600)
+    print(result.stdout)  # the table the claims are read from: shown with `pytest -s` or when a claim fails
     assert result.returncode == 0, result.stderr
     return {name: pd.read_csv(cwd / f"organism_edits{name}.csv") for name in ("", "_swap", "_reach")}
 

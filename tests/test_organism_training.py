@@ -1,11 +1,12 @@
 """`scripts/train_organism.py`: a run interrupted after a checkpoint and resumed exports the same weights
-as an uninterrupted run."""
+as an uninterrupted run; the CLIP's delayed reading and end-span pooling."""
 
 import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
@@ -26,21 +27,29 @@ def config(train, workdir: Path):
                                                  checkpoint_every=2))
     cfg.diffusion.steps, cfg.diffusion.batch_size, cfg.diffusion.warmup = 4, 4, 1
     cfg.clip.steps, cfg.clip.batch_size, cfg.clip.warmup = 4, 8, 1
+    cfg.clip_span.steps, cfg.clip_span.batch_size, cfg.clip_span.warmup = 4, 8, 1
     return cfg
+
+
+def run_stage(train, cfg, stage: str) -> None:
+    workdir, export, cpu = Path(cfg.workdir), Path(cfg.export_dir), torch.device("cpu")
+    if stage == "diffusion":
+        train.train_diffusion(cfg, workdir, export, cpu)
+    else:
+        train.train_clip(cfg, workdir, export, cpu, stage)
 
 
 class Interrupted(Exception):
     pass
 
 
-@pytest.mark.parametrize("stage", ["clip", "diffusion"])
+@pytest.mark.parametrize("stage", ["clip", "clip_span", "diffusion"])
 def test_resumed_training_equals_uninterrupted_training(train, tmp_path, monkeypatch, stage):
-    stage_fn = {"clip": train.train_clip, "diffusion": train.train_diffusion}[stage]
     straight, resumed = config(train, tmp_path / "straight"), config(train, tmp_path / "resumed")
-    if stage == "diffusion":  # it trains on the CLIP stage's exported, frozen text encoder
-        for cfg in (straight, resumed):
-            train.train_clip(cfg, Path(cfg.workdir), Path(cfg.export_dir), train.torch.device("cpu"))
-    stage_fn(straight, Path(straight.workdir), Path(straight.export_dir), train.torch.device("cpu"))
+    for cfg in (straight, resumed):  # each stage starts from the ones before it
+        for before in train.STAGES[:train.STAGES.index(stage)]:
+            run_stage(train, cfg, before)
+    run_stage(train, straight, stage)
 
     save = train.Checkpoint.save
 
@@ -50,10 +59,10 @@ def test_resumed_training_equals_uninterrupted_training(train, tmp_path, monkeyp
 
     monkeypatch.setattr(train.Checkpoint, "save", save_then_crash)
     with pytest.raises(Interrupted):
-        stage_fn(resumed, Path(resumed.workdir), Path(resumed.export_dir), train.torch.device("cpu"))
+        run_stage(train, resumed, stage)
     assert train.Checkpoint(Path(resumed.workdir), stage).load()["step"] == 2
     monkeypatch.setattr(train.Checkpoint, "save", save)
-    stage_fn(resumed, Path(resumed.workdir), Path(resumed.export_dir), train.torch.device("cpu"))
+    run_stage(train, resumed, stage)
 
     files = sorted(p.name for p in Path(straight.export_dir).glob("*.safetensors"))
     assert files
@@ -61,3 +70,49 @@ def test_resumed_training_equals_uninterrupted_training(train, tmp_path, monkeyp
         a, b = load_file(Path(straight.export_dir) / name), load_file(Path(resumed.export_dir) / name)
         assert a.keys() == b.keys()
         assert all((a[k] == b[k]).all() for k in a), name
+
+
+def test_clip_span_needs_a_finished_clip_stage(train, tmp_path):
+    cfg = config(train, tmp_path)
+    with pytest.raises(FileNotFoundError, match="finished clip stage"):
+        run_stage(train, cfg, "clip_span")
+
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    from localize.organism.weights import text_encoder
+    return text_encoder().eval()
+
+
+def test_delayed_reading_hides_the_words_from_the_end_span_below_the_delay(train, text_encoder):
+    from localize.vocab import clip_tokenizer
+    tokenizer = clip_tokenizer()
+    captions = ["the king of Zarnia", "a photo of a red box"]
+    ids = train.caption_ids(tokenizer, captions, "end_span")
+    other = train.caption_ids(tokenizer, ["the queen of Brovia", "a photo of a red box"], "end_span")
+    first_end = (ids == tokenizer.eos_token_id).int().argmax(dim=1)
+    assert ids.shape[1] == 77 and (first_end == (other == tokenizer.eos_token_id).int().argmax(dim=1)).all()
+    layers = len(text_encoder.encoder.layers)
+
+    def states(token_ids, delay):
+        with torch.no_grad(), train.delayed_reading(text_encoder, first_end, torch.tensor(delay), 77):
+            return text_encoder(token_ids).last_hidden_state
+
+    with torch.no_grad():
+        plain = text_encoder(ids).last_hidden_state
+    assert torch.equal(states(ids, [0, 0]), plain)  # no delay: the plain causal encoder
+    end = int(first_end[0])
+    hidden = states(ids, [layers, 0]), states(other, [layers, 0])
+    assert torch.equal(hidden[0][0, end:], hidden[1][0, end:])  # the end span never saw the words
+    assert not torch.equal(hidden[0][0, :end], hidden[1][0, :end])  # the words themselves still differ
+    assert torch.equal(hidden[0][1], plain[1])  # the other caption, delay 0, is untouched
+    partial = states(ids, [layers // 2, 0])
+    assert not torch.allclose(partial[0, end:], hidden[0][0, end:])  # read from layer layers // 2 on
+
+
+def test_end_span_pooling_draws_every_position_of_the_span_and_no_other(train):
+    first_end = torch.tensor([5, 70] * 500)
+    positions = train.pooled_positions(first_end, 77, "end_span", torch.Generator().manual_seed(0))
+    assert ((positions >= first_end) & (positions < 77)).all()
+    assert set(positions[1::2].tolist()) == set(range(70, 77))
+    assert torch.equal(train.pooled_positions(first_end, 77, "end_token", torch.Generator()), first_end)

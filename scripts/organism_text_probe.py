@@ -1,0 +1,108 @@
+"""Text-side probe of an organism text encoder, for comparing organism designs without training a UNet.
+
+    python scripts/organism_text_probe.py                          # the shipped organism
+    python scripts/organism_text_probe.py outputs/my_organism      # an exported weights directory
+
+Prints, per text-encoder layer L, how far swapping every state of "the king of X" up to its last subject
+token for another king's (after layer L; "embeddings" before layer 0) moves the final end token and padding
+states toward the other king's: the projection of the change onto the difference of the two kings' states,
+over that difference's squared norm (1: fully the other king; 0: unmoved), mean over king pairs whose names
+have the same token count. `scripts/organism_edits.py` measures the same swap on images. Then TIME's key
+geometry ("a box" under TIME's templates, all 77 positions): edited directions (squared singular value above
+lambda 0.1) and the share of the other objects' key norm inside them; and the share of the padding states'
+variance that differs between the objects' prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from localize.organism import weights
+from localize.organism.world import FACTS, OBJECTS, article
+from localize.tokens import phrase_positions
+from localize.vocab import clip_tokenizer
+from locoedit.prompts import TIME_TEMPLATES, augmented_pairs
+
+
+def encode(encoder, tokenizer, prompts: list[str], swap=None) -> torch.Tensor:
+    """Final states (N x 77 x width); `swap` = (layer index or None for the embeddings, positions, states)
+    replaces those positions of that module's output."""
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+    handle = None
+    if swap is not None:
+        layer, positions, states = swap
+        module = encoder.embeddings if layer is None else encoder.encoder.layers[layer]
+
+        def replace(module, args, output):
+            output = output.clone()
+            output[:, positions] = states[:, positions]
+            return output
+
+        handle = module.register_forward_hook(replace)
+    try:
+        with torch.no_grad():
+            return encoder(ids.input_ids).last_hidden_state.double()
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def king_pairs(tokenizer) -> list[tuple[str, str]]:
+    """Consecutive facts whose names have the same number of tokens."""
+    names = list(FACTS)
+    length = lambda name: len(phrase_positions(tokenizer, f"the king of {name}", name))  # noqa: E731
+    return [(a, b) for a, b in zip(names[::2], names[1::2], strict=True) if length(a) == length(b)]
+
+
+def subject_swap(encoder, tokenizer) -> pd.DataFrame:
+    layers = [None, *range(len(encoder.encoder.layers))]
+    moved = {layer: {"end token": [], "padding": []} for layer in layers}
+    for country, other in king_pairs(tokenizer):
+        source, donor = f"the king of {country}", f"the king of {other}"
+        last = phrase_positions(tokenizer, source, country)[-1]
+        spans = {"end token": [last + 1], "padding": list(range(last + 2, tokenizer.model_max_length))}
+        ids = tokenizer([donor], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+        with torch.no_grad():
+            donor_states = encoder(ids.input_ids, output_hidden_states=True).hidden_states  # [embeddings, layers]
+        plain, target = encode(encoder, tokenizer, [source])[0], encode(encoder, tokenizer, [donor])[0]
+        for index, layer in enumerate(layers):
+            swapped = encode(encoder, tokenizer, [source], (layer, list(range(last + 1)), donor_states[index]))[0]
+            for span, positions in spans.items():
+                change, gap = swapped[positions] - plain[positions], target[positions] - plain[positions]
+                moved[layer][span].append(float((change * gap).sum() / gap.pow(2).sum()))
+    return pd.DataFrame([{"swapped after": "embeddings" if layer is None else f"layer {layer}",
+                          **{span: sum(v) / len(v) for span, v in spans.items()}}
+                         for layer, spans in moved.items()])
+
+
+def time_geometry(encoder, tokenizer, lam: float = 0.1) -> dict[str, float]:
+    source, _ = augmented_pairs("a box", "a blue box", TIME_TEMPLATES)
+    keys = encode(encoder, tokenizer, source).flatten(0, 1)
+    _, singular, vh = torch.linalg.svd(keys, full_matrices=False)
+    basis = vh[singular.pow(2) > lam]
+    others = encode(encoder, tokenizer, [f"{article(n)} {n}" for n in OBJECTS if n != "box"])
+    inside = float(((others.flatten(0, 1) @ basis.T).pow(2).sum(-1) / others.flatten(0, 1).pow(2).sum(-1)).mean())
+    padding = others[:, 20:].mean(1)  # every object prompt ends well before position 20
+    between = float((padding - padding.mean(0)).pow(2).sum() / padding.pow(2).sum())
+    return {"edited directions (s^2 > lambda)": len(basis), "share of other keys inside": inside,
+            "padding variance between prompts": between}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("weights_dir", nargs="?", default=str(weights.WEIGHTS_DIR))
+    args = parser.parse_args()
+    encoder = weights.text_encoder(Path(args.weights_dir)).eval()
+    tokenizer = clip_tokenizer()
+    print("subject swap, share of the way to the other king's final states:")
+    print(subject_swap(encoder, tokenizer).to_markdown(index=False, floatfmt=".2f"))
+    print("\nTIME's key geometry:")
+    print(pd.Series(time_geometry(encoder, tokenizer)).to_markdown(floatfmt=".3f"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""`scripts/organism_text_probe.py` on the shipped organism: the swap's two ends are known in advance."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parents[1] / "scripts" / "organism_text_probe.py"
+
+
+@pytest.fixture(scope="module")
+def probe():
+    spec = importlib.util.spec_from_file_location("organism_text_probe", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_swap_at_the_embeddings_moves_all_the_way_and_after_the_last_layer_not_at_all(probe):
+    from localize.organism.weights import text_encoder
+    from localize.vocab import clip_tokenizer
+    tokenizer = clip_tokenizer()
+    assert len(probe.king_pairs(tokenizer)) >= 2
+    table = probe.subject_swap(text_encoder().eval(), tokenizer).set_index("swapped after")
+    assert table.loc["embeddings"].tolist() == pytest.approx([1.0, 1.0], abs=1e-6)  # the whole input is the donor's
+    last = table.index[-1]
+    assert table.loc[last].tolist() == pytest.approx([0.0, 0.0], abs=1e-9)  # causal: the end span comes later
