@@ -48,3 +48,18 @@ def test_efficacy_tells_correct_time_and_diffquickfix_from_scaled_and_random_upd
 def test_uce_debias_moves_the_doctor_off_all_blue(readings):
     debias = row(readings[""], "uce-debias", "correct")
     assert debias["red before"] <= 0.1 and debias["red after"] >= 0.3
+
+
+@pytest.mark.slow
+def test_time_and_refact_pass_at_their_papers_settings(readings):
+    table = readings[""]
+    for method in ("time", "refact"):
+        assert not row(table, method, "correct")["caught"], row(table, method, "correct")
+
+
+@pytest.mark.slow
+def test_the_subject_reaches_the_image_through_half_the_text_layers(readings):
+    swap = readings["_swap"].set_index("layer")["other king drawn"]
+    assert swap["embeddings"] == 1.0
+    layers = swap.drop("embeddings")
+    assert (layers >= 0.8).sum() >= len(layers) / 2, swap
