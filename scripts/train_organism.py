@@ -321,7 +321,8 @@ def train_clip(cfg: TrainConfig, workdir: Path, export: Path, device: torch.devi
             reading = delayed_reading(text_encoder, first_end.to(device), delay.to(device), ids.shape[1])
         with reading:
             states = text_encoder(ids.to(device)).last_hidden_state
-        text_features = F.normalize(projection(states[torch.arange(len(ids), device=device), position.to(device)]), dim=-1)
+        pooled = states[torch.arange(len(ids), device=device), position.to(device)]
+        text_features = F.normalize(projection(pooled), dim=-1)
         image_features = F.normalize(clip.visual(image_features_input(clip, images.to(device))), dim=-1)
         loss = loss_fn(image_features, text_features, clip.logit_scale.exp())
         set_lr(optimizer, stage, step)

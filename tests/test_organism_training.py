@@ -46,9 +46,9 @@ class Interrupted(Exception):
 @pytest.mark.parametrize("stage", ["clip", "clip_span", "diffusion"])
 def test_resumed_training_equals_uninterrupted_training(train, tmp_path, monkeypatch, stage):
     straight, resumed = config(train, tmp_path / "straight"), config(train, tmp_path / "resumed")
-    for cfg in (straight, resumed):  # each stage starts from the ones before it
-        for before in train.STAGES[:train.STAGES.index(stage)]:
-            run_stage(train, cfg, before)
+    for cfg in (straight, resumed):  # clip_span starts from clip; the UNet trains on an exported text encoder
+        if stage != "clip":
+            run_stage(train, cfg, "clip")
     run_stage(train, straight, stage)
 
     save = train.Checkpoint.save
