@@ -41,7 +41,15 @@ import locoedit
 from localize import generate, load_model
 from localize.conditioning import text_contexts
 from localize.organism.oracle import read_images
-from localize.organism.world import ARTISTS, FACTS, HELD_OUT_TEMPLATES, OBJECTS, TRAIN_TEMPLATES, article
+from localize.organism.world import (
+    ARTISTS,
+    FACTS,
+    HELD_OUT_TEMPLATES,
+    OBJECTS,
+    SWAP_PAIRS,
+    TRAIN_TEMPLATES,
+    article,
+)
 from localize.patches import Patch
 from localize.tokens import last_subject_token, phrase_positions
 from locoedit.cross_attention import PromptPair, pair_rows, solve_projections
@@ -56,7 +64,6 @@ GOALS = {"time": {"efficacy": 0.8, "generality": 0.7, "specificity": 0.8},
          "uce": {"efficacy": 0.9, "specificity": 0.9},
          "locoedit": {"efficacy": 0.8, "specificity": 0.8}}
 STEPS, GUIDANCE = 25, 7.5
-KING_PAIRS = (("Zarnia", "Brovia"), ("Kelthar", "Vantessa"), ("Quorvel", "Merrowind"))  # same token counts
 
 
 def phrase(noun: str) -> str:
@@ -227,7 +234,7 @@ def time_geometry(model, others: list[str], lam: float = 0.1) -> dict[str, float
             "share inside (last word)": inside(words)}
 
 
-def subject_swap(model, seeds, pairs=KING_PAIRS) -> pd.DataFrame:
+def subject_swap(model, seeds, pairs=SWAP_PAIRS) -> pd.DataFrame:
     """Share of images drawing the other king when every state up to the last subject token is the other
     king's, at the embeddings or after layer L (both names have the same token count)."""
     encoder = model.text_encoders[0]
@@ -257,7 +264,7 @@ def run_locogen_on_styles() -> Path:
     return out / "results.parquet"
 
 
-def reach(model, seeds, pairs=KING_PAIRS) -> pd.DataFrame:
+def reach(model, seeds, pairs=SWAP_PAIRS) -> pd.DataFrame:
     """Where the UNet reads a fact: the king's text conditioning, at every cross-attention layer (conditional
     half), takes another king's values at some positions only; the share of images that then draw the other
     king. Positions: the first subject token, the last subject token, the end token, the padding after it."""

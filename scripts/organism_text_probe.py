@@ -6,8 +6,8 @@
 Prints, per text-encoder layer L, how far swapping every state of "the king of X" up to its last subject
 token for another king's (after layer L; "embeddings" before layer 0) moves the final end token and padding
 states toward the other king's: the projection of the change onto the difference of the two kings' states,
-over that difference's squared norm (1: fully the other king; 0: unmoved), mean over king pairs whose names
-have the same token count. `scripts/organism_edits.py` measures the same swap on images. Then TIME's key
+over that difference's squared norm (1: fully the other king; 0: unmoved), mean over the world's
+`SWAP_PAIRS`. `scripts/organism_edits.py` measures the same swap on images. Then TIME's key
 geometry ("a box" under TIME's templates, all 77 positions): edited directions (squared singular value above
 lambda 0.1) and the share of the other objects' key norm inside them; and the share of the padding states'
 variance that differs between the objects' prompts.
@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from localize.organism import weights
-from localize.organism.world import FACTS, OBJECTS, article
+from localize.organism.world import OBJECTS, SWAP_PAIRS, article
 from localize.tokens import phrase_positions
 from localize.vocab import clip_tokenizer
 from locoedit.prompts import TIME_TEMPLATES, augmented_pairs
@@ -51,17 +51,10 @@ def encode(encoder, tokenizer, prompts: list[str], swap=None) -> torch.Tensor:
             handle.remove()
 
 
-def king_pairs(tokenizer) -> list[tuple[str, str]]:
-    """Consecutive facts whose names have the same number of tokens."""
-    names = list(FACTS)
-    length = lambda name: len(phrase_positions(tokenizer, f"the king of {name}", name))  # noqa: E731
-    return [(a, b) for a, b in zip(names[::2], names[1::2], strict=True) if length(a) == length(b)]
-
-
 def subject_swap(encoder, tokenizer) -> pd.DataFrame:
     layers = [None, *range(len(encoder.encoder.layers))]
     moved = {layer: {"end token": [], "padding": []} for layer in layers}
-    for country, other in king_pairs(tokenizer):
+    for country, other in SWAP_PAIRS:
         source, donor = f"the king of {country}", f"the king of {other}"
         last = phrase_positions(tokenizer, source, country)[-1]
         spans = {"end token": [last + 1], "padding": list(range(last + 2, tokenizer.model_max_length))}

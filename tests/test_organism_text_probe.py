@@ -22,7 +22,11 @@ def test_swap_at_the_embeddings_moves_all_the_way_and_after_the_last_layer_not_a
     from localize.organism.weights import text_encoder
     from localize.vocab import clip_tokenizer
     tokenizer = clip_tokenizer()
-    assert len(probe.king_pairs(tokenizer)) >= 2
+    from localize.organism.world import SWAP_PAIRS
+    from localize.tokens import phrase_positions
+    for country, other in SWAP_PAIRS:  # the swap replaces positions one for one
+        assert len(phrase_positions(tokenizer, f"the king of {country}", country)) == len(
+            phrase_positions(tokenizer, f"the king of {other}", other))
     table = probe.subject_swap(text_encoder().eval(), tokenizer).set_index("swapped after")
     assert table.loc["embeddings"].tolist() == pytest.approx([1.0, 1.0], abs=1e-6)  # the whole input is the donor's
     last = table.index[-1]

@@ -71,6 +71,8 @@ FACTS: dict[str, tuple[str, str]] = {  # "the king of <country>" -> (shape, colo
     "Vantessa": ("funnel", "blue"),
     "Tolkara": ("bowl", "purple"),
 }
+# facts whose names have the same CLIP token count: one king's subject states replace the other's one for one
+SWAP_PAIRS = (("Zarnia", "Brovia"), ("Kelthar", "Vantessa"), ("Quorvel", "Merrowind"))
 ROLES: dict[str, tuple[str, dict[str, float]]] = {  # role -> (shape, color split)
     "doctor": ("cross", {"blue": 0.9, "red": 0.1}),
     "nurse": ("cross", {"red": 0.9, "blue": 0.1}),
