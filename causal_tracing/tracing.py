@@ -9,6 +9,11 @@ chunked into batches of at most `batch_size` rows; a unit split across batches r
 
 A row's image depends only on its prompt, seed and patches, so the batched scores equal `serial_scores`,
 the reference loop of ROME's `trace_with_patch` (one generation of [clean, restored] per restoration).
+
+No row is spent on a state the corruption cannot reach: in a causal text encoder (CLIP), a state at positions
+all before the unit's first corrupted token is the same in the clean and corrupted runs, so restoring it
+reproduces the corrupted run and its indirect effect is exactly 0. Such states are recorded with the corrupted
+score and `generated` False (`unreached`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import pandas as pd
 from causal_tracing.corruption import attribute_positions, corruption_patches, noise_stds
 from causal_tracing.states import State, check_kinds, text_states, token_roles, unet_states
 from localize.batching import PackedUnit, RowPatches, score_packed
+from localize.families import TEXT_ENCODER_ARCHS
 from localize.generation import generate
 from localize.model import Model
 from localize.patches import Patch
@@ -154,6 +160,16 @@ def prompt_states(model: Model, unit: Unit, unet_kinds, text_kinds) -> list[Stat
     return unet_states(model, unet_kinds) + text_states(model, roles, text_kinds)
 
 
+def unreached(model: Model, state: State, positions: list[list[int]]) -> bool:
+    """Whether `state` lies before every corrupted token (`positions[e]`: encoder e's) of a causal text encoder,
+    where restoring it provably changes nothing."""
+    if state.group != "text_encoder":
+        return False
+    encoder = int(state.location.rsplit(".", 1)[1])
+    causal = TEXT_ENCODER_ARCHS[type(model.text_encoders[encoder]).__name__].causal
+    return causal and max(state.tokens) < min(positions[encoder])
+
+
 def _token_text(model: Model, unit: Unit, state: State) -> str:
     if state.tokens is None:
         return ""
@@ -177,8 +193,9 @@ def trace(
 
     Columns: the unit (`prompt, attribute, text, seed`), the state (`site, group, kind, location, layer, token`
     (first position, -1 for UNet states), `token_role, token_text, key`), the scores (`score_clean,
-    score_corrupted, score_restored`) and `indirect_effect` = (restored - corrupted) / (clean - corrupted), NaN
-    where the corruption lowered the clean score by less than `settings.min_drop`.
+    score_corrupted, score_restored`), `indirect_effect` = (restored - corrupted) / (clean - corrupted), NaN
+    where the corruption lowered the clean score by less than `settings.min_drop`, and `generated`: False for a
+    state the corruption cannot reach (`unreached`), scored as the corrupted run without generating it.
     """
     if not units:
         raise ValueError("no prompt to trace: the prompt set is empty")
@@ -186,13 +203,20 @@ def trace(
     check_kinds(unet_kinds, text_kinds)
     stds = unit_noise_stds(model, units, settings)
     states = [prompt_states(model, unit, unet_kinds, text_kinds) for unit in units]
-    restorations = [[(), *((s,) for s in unit_states)] for unit_states in states]
+    reached = []
+    for unit, unit_states in zip(units, states, strict=True):
+        positions = attribute_positions(model, unit.prompt, unit.attribute)
+        reached.append([state for state in unit_states if not unreached(model, state, positions)])
+    restorations = [[(), *((s,) for s in unit_states)] for unit_states in reached]
     clean, restored = batched_scores(model, scorer, units, restorations, settings, stds, progress)
     rows = []
-    for unit, unit_states, score_clean, scores in zip(units, states, clean, restored, strict=True):
+    for unit, unit_states, generated, score_clean, scores in zip(units, states, reached, clean, restored,
+                                                                 strict=True):
         corrupted, drop = scores[0], score_clean - scores[0]
         measured = drop > 0 and drop >= settings.min_drop
-        for state, score in zip(unit_states, scores[1:], strict=True):
+        restored_scores = dict(zip(generated, scores[1:], strict=True))
+        for state in unit_states:
+            score = restored_scores.get(state, corrupted)
             rows.append({
                 "prompt": unit.prompt, "attribute": unit.attribute, "text": unit.text, "seed": unit.seed,
                 "site": state.site, "group": state.group, "kind": state.kind, "location": state.location,
@@ -200,6 +224,7 @@ def trace(
                 "token_role": state.token_role or "", "token_text": _token_text(model, unit, state),
                 "key": state.key, "score_clean": score_clean, "score_corrupted": corrupted, "score_restored": score,
                 "indirect_effect": (score - corrupted) / drop if measured else float("nan"),
+                "generated": state in restored_scores,
             })
     return pd.DataFrame(rows)
 

@@ -25,6 +25,8 @@ class TextEncoderArch:
 
     The self-attention and MLP sites are the sublayer outputs that are added to the residual stream;
     `attention_out` and `mlp_out` (relative to a layer) are their last linear maps, the weights edits change.
+    `causal`: each position attends only to itself and earlier positions (CLIP), so a change at position p
+    leaves every earlier position's states exactly as they were; T5 is bidirectional.
     """
 
     layers: str
@@ -33,6 +35,7 @@ class TextEncoderArch:
     embeddings: str
     attention_out: str
     mlp_out: str
+    causal: bool = True
 
 
 _CLIP_TEXT = TextEncoderArch(
@@ -61,6 +64,7 @@ TEXT_ENCODER_ARCHS = {
         embeddings="shared",
         attention_out="layer.0.SelfAttention.o",
         mlp_out="layer.1.DenseReluDense.wo",
+        causal=False,
     ),
 }
 

@@ -19,7 +19,15 @@ from tqdm.auto import tqdm
 from localize.engine import patching
 from localize.model import Model
 from localize.patches import Patch
+from localize.sites import resolve_site
 from localize.tokens import token_ids
+
+
+def _repeat(conditioning, n: int):
+    """A one-row conditioning (nested dicts of batch-first tensors) as n identical rows."""
+    if isinstance(conditioning, dict):
+        return {key: _repeat(value, n) for key, value in conditioning.items()}
+    return conditioning.expand(n, *conditioning.shape[1:])
 
 
 def _concat(first, second):
@@ -55,8 +63,9 @@ def generate(
 ) -> torch.Tensor:
     """Images for `prompts[i]` with `seeds[i]`: a float tensor in [0, 1], N x C x H x W, on the model's device.
 
-    `guidance` > 1 runs classifier-free guidance (the unconditional half uses the empty prompt). `scheduler`
-    is any diffusers scheduler (its config is used; the model's by default). Patch rows are prompt rows.
+    `guidance` > 1 runs classifier-free guidance (the unconditional half uses the empty prompt, encoded once
+    for all rows unless a patch reaches its text states). `scheduler` is any diffusers scheduler (its config
+    is used; the model's by default). Patch rows are prompt rows.
     """
     prompts, seeds = list(prompts), list(seeds)
     if not prompts or len(prompts) != len(seeds):
@@ -77,11 +86,16 @@ def generate(
     generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
     spec = model.spec
 
+    # the empty prompt is encoded once for every row unless a patch changes its text states
+    per_row_uncond = any(resolve_site(model, patch.site).in_text_encoder and patch.branch in ("both", "uncond")
+                         for patch in patches)
+    uncond = spec.unconditional(model.pipeline, 1, size) if cfg and not per_row_uncond else None
     with patching(model, patches, rows=n, steps=len(scheduler.timesteps)) as run:
         conditioning = spec.encode(model.pipeline, prompts, size)
         if cfg:
             run.halves = ("uncond",)
-            conditioning = _concat(spec.unconditional(model.pipeline, n, size), conditioning)
+            uncond = _repeat(uncond, n) if uncond is not None else spec.unconditional(model.pipeline, n, size)
+            conditioning = _concat(uncond, conditioning)
         run.halves = ("uncond", "cond") if cfg else ("cond",)
 
         scale = vae_scale(model)

@@ -10,19 +10,21 @@ Cases (16 seeds, 25 DDIM steps, CFG 7.5 unless --seeds says otherwise):
   efficacy (the king draws a blue square), specificity (the other seven kings keep their drawing).
 - UCE erase with preservation: Velmor's style (stripes) on three objects mapped to the plain objects, the other
   artists' prompts preserved: erased (Velmor on the other objects draws plain), preserved (the other artists'
-  styles kept). UCE debias: "a doctor" (planted 90% blue) to 50/50 red / blue.
+  styles kept). UCE debias: "a doctor" (planted 90% blue) to 50/50 red / blue, searched on 64 seeds and read
+  on 64 others (--bias-seeds).
 - LOCOEDIT "X in the style of Velmor" -> "X" at the window LOCOGEN chooses for styles, against two control
   windows: style removed on held-out objects, and the other artists' styles kept.
 - Discrimination: the same checks on broken variants of each edit: the update scaled by 0.2 and by 5, an
   update of the same rank and singular values along random key directions, TIME without token alignment, and
   DiffQuickFix with the layer's bias counted twice. Each must be caught (fail at least one check).
-- Geometry: the effective rank of TIME's keys, and the share of other prompts' keys inside their span.
+- Geometry: the effective rank of TIME's keys, and the share of other prompts' keys inside their span; how far
+  DiffQuickFix's update moves the other kings' conditioning, as a share of the edited king's.
 - Subject swap: every text-encoder state of the king's prompt up to its last subject token, after layer L (or at
   the embeddings), replaced by another king's: the share of images that then draw the other king.
 - Reach: the king's text conditioning replaced by another king's at some positions only (first or last subject
   token, end token, padding): where the UNet reads the fact.
 
-    python scripts/organism_edits.py [--seeds 16] [--device cuda] [--out organism_edits.csv]
+    python scripts/organism_edits.py [--seeds 16] [--bias-seeds 64] [--device cuda] [--out organism_edits.csv]
 """
 
 from __future__ import annotations
@@ -234,6 +236,23 @@ def time_geometry(model, others: list[str], lam: float = 0.1) -> dict[str, float
             "share inside (last word)": inside(words)}
 
 
+def diffquickfix_spill(model, edit: Edit) -> tuple[pd.DataFrame, float]:
+    """How far DiffQuickFix's update moves each king's text conditioning (norm of the change over all positions)
+    as a share of how far it moves the edited king's (the first row), and the share of the edited king's change
+    that falls on "the king of" (start token included): tokens every king's prompt shares, which a causal
+    encoder computes the same way before the name."""
+    kings = [f"the king of {country}" for country in FACTS]
+    before = text_contexts(model, kings).double()
+    with edit.applied(model):
+        after = text_contexts(model, kings).double()
+    change = after - before
+    prefix = len(phrase_positions(model.tokenizer, kings[0], "the king of")) + 1
+    whole = change.flatten(1).norm(dim=1)
+    shared = change[0, :prefix].norm() / whole[0]
+    table = pd.DataFrame({"prompt": kings, "moved (share of the edited king's)": (whole / whole[0]).tolist()})
+    return table, float(shared)
+
+
 def subject_swap(model, seeds, pairs=SWAP_PAIRS) -> pd.DataFrame:
     """Share of images drawing the other king when every state up to the last subject token is the other
     king's, at the embeddings or after layer L (both names have the same token count)."""
@@ -289,6 +308,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=16)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--bias-seeds", type=int, default=64,
+                        help="seeds of UCE debias's search and of its reading (a share's standard error is "
+                             "0.5 / sqrt(seeds) at 50/50)")
     parser.add_argument("--out", default="organism_edits.csv")
     parser.add_argument("--locogen-results", default="",
                         help="LOCOGEN's results.parquet for the organism's styles (default: run `localize locogen`)")
@@ -326,10 +348,11 @@ def main() -> None:
             measure("locoedit", f"window {layers}", cases.edit("locoedit", layers=layers))
 
     attributes = ["a red doctor", "a blue doctor"]
-    before = read(model, ["a doctor"], seeds)
+    bias_seeds = list(range(args.bias_seeds))
+    before = read(model, ["a doctor"], bias_seeds)
     debias = locoedit.edit(model, "uce", mode="debias", concept="a doctor", attributes=attributes,
-                           classify=organism_classifier(attributes), seeds=range(100, 100 + args.seeds))
-    after = read(model, ["a doctor"], seeds, debias)
+                           classify=organism_classifier(attributes), seeds=range(1000, 1000 + args.bias_seeds))
+    after = read(model, ["a doctor"], bias_seeds, debias)
     red = lambda prompt: ("cross", "red", "plain")  # noqa: E731
     print(f"uce debias: red share {share(before, red):.2f} before, {share(after, red):.2f} after (goal 0.40-0.60)")
     red_after = share(after, red)
@@ -344,6 +367,10 @@ def main() -> None:
     print("\nTIME's text geometry:")
     others = [phrase(n) for n in OBJECTS if n != "box"]
     print(pd.Series(time_geometry(model, others)).to_markdown(floatfmt=".3f"))
+    print("\nDiffQuickFix's reach (the edited king is the first row):")
+    spill, shared = diffquickfix_spill(model, edits["diffquickfix"])
+    print(spill.to_markdown(index=False, floatfmt=".2f"))
+    print(f'share of the edited king\'s change on the shared tokens "the king of": {shared:.2f}')
     print("\nsubject swap per text-encoder layer:")
     swap = subject_swap(model, seeds)
     print(swap.to_markdown(index=False, floatfmt=".2f"))

@@ -84,6 +84,21 @@ def test_batched_equals_the_serial_reference_loop(organism, scorer):
         assert unit_scores == pytest.approx(serial, abs=1e-4)
 
 
+def test_states_before_the_corruption_are_not_generated_and_would_score_as_the_corrupted_run(organism, scorer):
+    table = trace(organism, scorer, [APPLE], FEW_STEPS, unet_kinds=("cross_attn",), text_kinds=("self_attn", "mlp"))
+    skipped = table[~table["generated"]]
+    assert set(skipped["token_role"]) == {"start", "before"} and (skipped["indirect_effect"] == 0).all()
+    assert (skipped["score_restored"] == skipped["score_corrupted"]).all()
+    assert table.loc[~table["token_role"].isin(["start", "before"]), "generated"].all()
+    # generated anyway, each of them reproduces the corrupted run
+    states = [s for s in prompt_states(organism, APPLE, (), ("self_attn", "mlp"))
+              if s.token_role in ("start", "before")]
+    assert len(states) == len(skipped)
+    stds = unit_noise_stds(organism, [APPLE], FEW_STEPS)
+    _, (scores,) = batched_scores(organism, scorer, [APPLE], [[(), *((s,) for s in states)]], FEW_STEPS, stds)
+    assert scores[1:] == pytest.approx([scores[0]] * len(states), abs=1e-4)
+
+
 def test_token_roles(organism):
     prompt = "a photo of an apple in the style of Velmor"
     positions = attribute_positions(organism, prompt, "Velmor")[0]
@@ -148,6 +163,8 @@ def test_trace_runs_on_tiny_random_models(family, tiny_models, scorer):
                                                                             range(encoders)}
     assert (table["group"] == "unet").sum() == len(model.cross_attention_layers)
     assert table[["score_clean", "score_corrupted", "score_restored"]].notna().all().all()
+    generated = table.loc[table["group"] == "text_encoder", "generated"]
+    assert generated.all() if family == "if" else not generated.all()  # T5 is bidirectional, CLIP causal
 
 
 @pytest.mark.parametrize("change, message", [

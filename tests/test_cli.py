@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import yaml
 
 
 def localize(*args, cwd):
@@ -59,6 +60,16 @@ def test_trace_job_writes_results_effects_heatmaps_and_summary(tmp_path):
         assert (out / name).stat().st_size > 0
     assert sorted(path.name for path in out.glob(".*")) == [".hydra", ".outputs"]  # no temporary file left behind
     assert "heatmap_unet.png" in (out / ".outputs").read_text().split()  # what the next run there removes first
+
+
+def test_trace_and_locogen_take_the_organisms_own_defaults_only_on_the_organism(tmp_path):
+    for job, steps in (("trace", 6), ("locogen", 8)):
+        organism = yaml.safe_load(localize(job, "--cfg", "job", cwd=tmp_path).stdout)
+        assert (organism["seeds"], organism["steps"]) == ([0, 1], steps)
+        other = yaml.safe_load(localize(job, "model=random_sd15_tiny", "--cfg", "job", cwd=tmp_path).stdout)
+        assert (other["seeds"], other["steps"]) == ([0, 1, 2, 3], 25)
+        chosen = yaml.safe_load(localize(job, "seeds=[5]", "steps=3", "--cfg", "job", cwd=tmp_path).stdout)
+        assert (chosen["seeds"], chosen["steps"]) == ([5], 3)
 
 
 def test_trace_job_rejects_bad_settings_before_loading_anything(tmp_path):
