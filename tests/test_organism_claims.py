@@ -45,9 +45,9 @@ def test_efficacy_tells_correct_time_and_diffquickfix_from_scaled_and_random_upd
 
 
 @pytest.mark.slow
-def test_uce_debias_moves_the_doctor_off_all_blue(readings):
+def test_uce_debias_brings_the_doctor_within_ten_points_of_50_50(readings):
     debias = row(readings[""], "uce-debias", "correct")
-    assert debias["red before"] <= 0.1 and debias["red after"] >= 0.3
+    assert debias["red before"] <= 0.1 and 0.4 <= debias["red after"] <= 0.6
 
 
 @pytest.mark.slow
