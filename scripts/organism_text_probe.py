@@ -10,7 +10,9 @@ over that difference's squared norm (1: fully the other king; 0: unmoved), mean 
 `SWAP_PAIRS`. `scripts/organism_edits.py` measures the same swap on images. Then TIME's key
 geometry ("a box" under TIME's templates, all 77 positions): edited directions (squared singular value above
 lambda 0.1) and the share of the other objects' key norm inside them; and the share of the padding states'
-variance that differs between the objects' prompts.
+variance that differs between the objects' prompts. Last, DiffQuickFix's keys (layer 0's attention output
+projection inputs) over the kings: how much two kings' name keys overlap, and how much of the end span's keys
+differs between kings.
 """
 
 from __future__ import annotations
@@ -85,6 +87,29 @@ def time_geometry(encoder, tokenizer, lam: float = 0.1) -> dict[str, float]:
             "padding variance between prompts": between}
 
 
+def diffquickfix_keys(encoder, tokenizer) -> dict[str, float]:
+    """DiffQuickFix's keys, the inputs of layer 0's attention output projection, for "the king of X" over the
+    world's kings: the mean |cosine| between two kings' keys at their last subject token, and the share of the
+    end-span keys' variance (positions 20 on, averaged per prompt) that differs between the kings."""
+    kings = [f"the king of {country}" for pair in SWAP_PAIRS for country in pair]
+    recorded = {}
+    projection = encoder.encoder.layers[0].self_attn.out_proj
+    handle = projection.register_forward_pre_hook(lambda module, args: recorded.update(keys=args[0]))
+    try:
+        encode(encoder, tokenizer, kings)
+    finally:
+        handle.remove()
+    keys = recorded["keys"].double()
+    names = torch.stack([keys[i, phrase_positions(tokenizer, k, k.split()[-1])[-1]] for i, k in enumerate(kings)])
+    names = names / names.norm(dim=1, keepdim=True)
+    cosines = (names @ names.T).abs()
+    off_diagonal = cosines[~torch.eye(len(kings), dtype=torch.bool)]
+    span = keys[:, 20:].mean(1)
+    between = float((span - span.mean(0)).pow(2).sum() / span.pow(2).sum())
+    return {"kings' name keys, mean |cosine|": float(off_diagonal.mean()),
+            "end-span key variance between kings": between}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights_dir", nargs="?", default=str(weights.WEIGHTS_DIR))
@@ -95,6 +120,8 @@ def main() -> None:
     print(subject_swap(encoder, tokenizer).to_markdown(index=False, floatfmt=".2f"))
     print("\nTIME's key geometry:")
     print(pd.Series(time_geometry(encoder, tokenizer)).to_markdown(floatfmt=".3f"))
+    print("\nDiffQuickFix's keys (layer 0's attention output projection inputs):")
+    print(pd.Series(diffquickfix_keys(encoder, tokenizer)).to_markdown(floatfmt=".3f"))
 
 
 if __name__ == "__main__":

@@ -31,3 +31,11 @@ def test_swap_at_the_embeddings_moves_all_the_way_and_after_the_last_layer_not_a
     assert table.loc["embeddings"].tolist() == pytest.approx([1.0, 1.0], abs=1e-6)  # the whole input is the donor's
     last = table.index[-1]
     assert table.loc[last].tolist() == pytest.approx([0.0, 0.0], abs=1e-9)  # causal: the end span comes later
+
+
+def test_diffquickfix_keys_of_the_shipped_organism(probe):
+    from localize.organism.weights import text_encoder
+    from localize.vocab import clip_tokenizer
+    keys = probe.diffquickfix_keys(text_encoder().eval(), clip_tokenizer())
+    assert 0.0 < keys["kings' name keys, mean |cosine|"] < 0.5  # the names' keys differ, but not orthogonally
+    assert keys["end-span key variance between kings"] < 0.01  # README: the end span's layer-0 keys are shared
