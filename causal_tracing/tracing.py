@@ -160,14 +160,13 @@ def prompt_states(model: Model, unit: Unit, unet_kinds, text_kinds) -> list[Stat
     return unet_states(model, unet_kinds) + text_states(model, roles, text_kinds)
 
 
-def unreached(model: Model, state: State, positions: list[list[int]]) -> bool:
-    """Whether `state` lies before every corrupted token (`positions[e]`: encoder e's) of a causal text encoder,
-    where restoring it provably changes nothing."""
-    if state.group != "text_encoder":
+def unreached(model: Model, state: State) -> bool:
+    """Whether `state` lies before every corrupted token (token role `start` or `before`) of a causal text
+    encoder, where restoring it provably changes nothing."""
+    if state.token_role not in ("start", "before"):
         return False
     encoder = int(state.location.rsplit(".", 1)[1])
-    causal = TEXT_ENCODER_ARCHS[type(model.text_encoders[encoder]).__name__].causal
-    return causal and max(state.tokens) < min(positions[encoder])
+    return TEXT_ENCODER_ARCHS[type(model.text_encoders[encoder]).__name__].causal
 
 
 def _token_text(model: Model, unit: Unit, state: State) -> str:
@@ -203,10 +202,7 @@ def trace(
     check_kinds(unet_kinds, text_kinds)
     stds = unit_noise_stds(model, units, settings)
     states = [prompt_states(model, unit, unet_kinds, text_kinds) for unit in units]
-    reached = []
-    for unit, unit_states in zip(units, states, strict=True):
-        positions = attribute_positions(model, unit.prompt, unit.attribute)
-        reached.append([state for state in unit_states if not unreached(model, state, positions)])
+    reached = [[state for state in unit_states if not unreached(model, state)] for unit_states in states]
     restorations = [[(), *((s,) for s in unit_states)] for unit_states in reached]
     clean, restored = batched_scores(model, scorer, units, restorations, settings, stds, progress)
     rows = []

@@ -21,7 +21,6 @@ import torch
 from benchmarking import BenchSettings, timed
 from hydra.core.config_store import ConfigStore
 
-from causal_tracing.corruption import attribute_positions
 from causal_tracing.tracing import (
     TraceSettings,
     Unit,
@@ -53,8 +52,7 @@ def main(cfg: BenchConfig) -> None:
     settings = TraceSettings(steps=cfg.steps, guidance=cfg.guidance, batch_size=cfg.batch_size)
     stds = unit_noise_stds(model, [unit], settings)
     states = prompt_states(model, unit, ("resnet", "self_attn", "cross_attn", "ff"), ("self_attn", "mlp"))
-    positions = attribute_positions(model, unit.prompt, unit.attribute)
-    reached = [state for state in states if not unreached(model, state, positions)]
+    reached = [state for state in states if not unreached(model, state)]
     generate(model, [unit.prompt] * 2, [unit.seed] * 2, steps=2)  # warm-up
 
     def batched_and_pruned():

@@ -25,7 +25,7 @@ import torch
 
 from localize.organism import weights
 from localize.organism.world import OBJECTS, SWAP_PAIRS, article
-from localize.tokens import phrase_positions
+from localize.tokens import last_subject_token, phrase_positions
 from localize.vocab import clip_tokenizer
 from locoedit.prompts import TIME_TEMPLATES, augmented_pairs
 
@@ -100,7 +100,7 @@ def diffquickfix_keys(encoder, tokenizer) -> dict[str, float]:
     finally:
         handle.remove()
     keys = recorded["keys"].double()
-    names = torch.stack([keys[i, phrase_positions(tokenizer, k, k.split()[-1])[-1]] for i, k in enumerate(kings)])
+    names = torch.stack([keys[i, last_subject_token(tokenizer, k, k.split()[-1])] for i, k in enumerate(kings)])
     names = names / names.norm(dim=1, keepdim=True)
     cosines = (names @ names.T).abs()
     off_diagonal = cosines[~torch.eye(len(kings), dtype=torch.bool)]
