@@ -27,6 +27,9 @@ class EncoderTokenizer:
         return getattr(self.tokenizer, name)
 
 
+SPAN_PAIRINGS = ("last", "trim")  # `subject_span`: a longer source end span paired with the last position, or cut
+
+
 def token_ids(tokenizer, prompt: str, limit: int | None = None) -> list[int]:
     """The prompt's ids with special tokens, unpadded; an error if it is longer than the encoder takes.
 
@@ -110,14 +113,23 @@ def final_span(tokenizer, source: str, destination: str, length: int | None = No
 
 
 def subject_span(tokenizer, source: str, destination: str, source_subject: str | None = None,
-                 destination_subject: str | None = None, length: int | None = None) -> tuple[list[int], list[int]]:
+                 destination_subject: str | None = None, length: int | None = None, pairing: str = "trim"
+                 ) -> tuple[list[int], list[int]]:
     """DiffQuickFix's positions: the last subject token (the last word token when no subject is given), then the
-    end token and the padding after it, in each prompt, the end spans trimmed to a common length; returns
-    (source positions, destination positions)."""
+    end token and the padding after it, in each prompt; returns (source positions, destination positions),
+    paired in order. Where the source's end span is the longer (a shorter source prompt), `pairing="last"` (the
+    DiffQuickFixRelease notebook's) keeps all of it and pairs its extra positions with the destination's last
+    position; `"trim"` drops them. A longer destination span is trimmed to the source's either way."""
+    if pairing not in SPAN_PAIRINGS:
+        raise ValueError(f"unknown pairing {pairing!r}; valid: {', '.join(SPAN_PAIRINGS)}")
     length = length or tokenizer.model_max_length
     ends = [len(token_ids(tokenizer, prompt)) - 1 for prompt in (source, destination)]
-    size = length - max(ends)
     subjects = [end - 1 if subject is None else last_subject_token(tokenizer, prompt, subject)
                 for prompt, subject, end in ((source, source_subject, ends[0]),
                                              (destination, destination_subject, ends[1]))]
-    return ([subjects[0], *range(ends[0], ends[0] + size)], [subjects[1], *range(ends[1], ends[1] + size)])
+    source_span = list(range(ends[0], length))
+    destination_span = list(range(ends[1], length))[:len(source_span)]
+    if pairing == "trim":
+        source_span = source_span[:len(destination_span)]
+    destination_span += [length - 1] * (len(source_span) - len(destination_span))
+    return [subjects[0], *source_span], [subjects[1], *destination_span]

@@ -7,14 +7,19 @@ import json
 import time as clock
 
 from localize.model import Model
-from locoedit import ablation, debias, methods, text_encoder
+from locoedit import ablation, debias, joint, methods, text_encoder
 from locoedit.edits import Edit
+from locoedit.prompts import check_choice
+
+UCE_FUNCTIONS = {"debias": debias.debias, "joint": joint.uce_joint}
 
 
 def _uce(model: Model, mode: str = "erase", **params):
-    """UCE: `erase` / `moderate` (`locoedit.methods.uce`) or `debias` (`locoedit.debias.debias`)."""
-    if mode == "debias":
-        return debias.debias(model, **params)
+    """UCE: `erase` / `moderate` (`locoedit.methods.uce`), `debias` (`locoedit.debias.debias`) or `joint` (every
+    term in one solve, `locoedit.joint.uce_joint`)."""
+    check_choice("UCE mode", mode, (*methods.UCE_MODES, *UCE_FUNCTIONS))
+    if mode in UCE_FUNCTIONS:
+        return UCE_FUNCTIONS[mode](model, **params)
     return methods.uce(model, mode=mode, **params)
 
 
@@ -31,7 +36,7 @@ METHODS = {
 def _signature(method: str, params: dict) -> inspect.Signature:
     function = METHODS[method]
     if method == "uce":
-        function = debias.debias if params.get("mode") == "debias" else methods.uce
+        function = UCE_FUNCTIONS.get(params.get("mode"), methods.uce)
     return inspect.signature(function)
 
 

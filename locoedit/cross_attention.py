@@ -19,11 +19,11 @@ import torch
 
 from localize.conditioning import projection_inputs, shares_raw_context, text_contexts
 from localize.model import CrossAttentionLayer, Model
-from localize.tokens import align_tokens, final_span
+from localize.tokens import align_tokens, final_span, token_ids
 from locoedit.edits import WeightUpdate
 from locoedit.solver import RidgeProblem
 
-ALIGNMENTS = ("time", "final")
+ALIGNMENTS = ("time", "final", "all")
 Transform = Callable[[torch.Tensor], torch.Tensor]  # N x tokens x features -> the same, as a layer sees it
 
 
@@ -39,7 +39,8 @@ class PromptPair:
 
 def pair_prompts(model: Model, sources: Sequence[str], destinations: Sequence[str], alignment: str
                  ) -> list[PromptPair]:
-    """Pairs with positions: `time` aligns every source position (TIME), `final` the last word and end span (UCE)."""
+    """Pairs with positions: `time` aligns every source position (TIME), `final` the last word and end span (UCE's
+    edited prompts), `all` pairs each of the encoder's positions with the same one (UCE's preserved prompts)."""
     if alignment not in ALIGNMENTS:
         raise ValueError(f"unknown alignment {alignment!r}; valid: {', '.join(ALIGNMENTS)}")
     if len(sources) != len(destinations) or not sources:
@@ -51,6 +52,9 @@ def pair_prompts(model: Model, sources: Sequence[str], destinations: Sequence[st
         if alignment == "time":
             mapped = align_tokens(tokenizer, source, destination)[:length]
             pairs.append(PromptPair(source, destination, tuple(range(len(mapped))), tuple(mapped)))
+        elif alignment == "all":
+            token_ids(tokenizer, source), token_ids(tokenizer, destination)  # a too-long prompt is an error
+            pairs.append(PromptPair(source, destination, tuple(range(length)), tuple(range(length))))
         else:
             src, dst = final_span(tokenizer, source, destination, length)
             pairs.append(PromptPair(source, destination, tuple(src), tuple(dst)))

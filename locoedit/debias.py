@@ -24,6 +24,7 @@ from localize.organism.world import COLORS
 from localize.scoring import ClipScorer
 from locoedit.cross_attention import PromptPair, Rows, pair_prompts, pair_rows, solve_projections
 from locoedit.edits import Edit, WeightUpdate
+from locoedit.methods import joined, uce_preserved
 from locoedit.prompts import as_list, augmented, check_lam
 
 Classifier = Callable[[torch.Tensor], list[int]]  # images -> attribute index per image (-1: none of them)
@@ -95,10 +96,14 @@ def debias(model: Model, concept: str, attributes: Sequence[str], classify: Clas
            split: Sequence[float] | None = None, templates: Sequence[str] = (), seeds: Sequence[int] = range(16),
            steps: int = 25, guidance: float = 7.5, tolerance: float = 0.1, rounds: int = 8, rate: float = 1.0,
            lam: float = 0.5, preserve: Sequence[str] = (), preserve_scale: float = 0.1,
-           layers: Sequence[int] | None = None) -> tuple[dict[str, WeightUpdate], dict]:
+           layers: Sequence[int] | None = None, preserve_tokens: str = "all", preserve_empty: bool = False,
+           held: Rows | None = None) -> tuple[dict[str, WeightUpdate], dict]:
     """Debias `concept` (e.g. "a doctor") over `attributes` (one prompt each, e.g. ["a red doctor", "a blue
-    doctor"]) towards `split` (uniform by default). Returns the best edited round's updates and
-    {alpha, shares, history}."""
+    doctor"]) towards `split` (uniform by default). The `preserve` prompts are kept at every position
+    (`preserve_tokens="all"`, as the authors' `train_debias.py`; `"final"`: last word and end span) with the
+    authors' scale 0.1, and the empty prompt too with `preserve_empty`. `held`: rows of other terms every
+    round's solve also holds (the joint UCE edit's erase and moderate terms, `locoedit.joint`). Returns the
+    best edited round's updates and {alpha, shares, history}."""
     check_lam(lam)
     attributes = as_list(attributes, "attributes")
     split = [1 / len(attributes)] * len(attributes) if split is None else list(split)
@@ -113,21 +118,22 @@ def debias(model: Model, concept: str, attributes: Sequence[str], classify: Clas
     pairs = [[trimmed(pair, min(len(ps[i].source_positions) for ps in pairs)) for i, pair in enumerate(ps)]
              for ps in pairs]  # every attribute pairs the same concept positions
     attribute_rows = [pair_rows(model, ps) for ps in pairs]
-    preserved = pair_rows(model, pair_prompts(model, list(preserve), list(preserve), "final")) if preserve else None
+    preserved = uce_preserved(model, preserve, concepts, preserve_tokens, preserve_empty)[1]
     seeds = list(seeds)
     solved = {}
 
     def measure(alpha: list[float]) -> list[float]:
         updates = {}
-        if any(alpha):
-            updates = solved[tuple(alpha)] = solve_projections(model, layers, mixed(attribute_rows, alpha), lam,
-                                                               preserved, preserve_scale)
+        if any(alpha) or held is not None:
+            rows = mixed(attribute_rows, alpha)
+            updates = solved[tuple(alpha)] = solve_projections(model, layers, rows if held is None else
+                                                               joined([held, rows]), lam, preserved, preserve_scale)
         with Edit("uce", model.family, {}, updates).applied(model) if updates else nullcontext():
             images = generate(model, [concept] * len(seeds), seeds, steps=steps, guidance=guidance)
         return shares(classify(images), len(attributes))
 
     history = search_weights(measure, split, tolerance, rounds, rate)
-    edited = [entry for entry in history[1:] if any(entry["alpha"])]
+    edited = history if held is not None else [entry for entry in history[1:] if any(entry["alpha"])]
     if not edited:
         raise ValueError(f"debiasing found no edit: the measured split {history[0]['shares']} already equals the "
                          f"target {split}, so every attribute weight stayed 0")

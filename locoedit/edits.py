@@ -4,9 +4,9 @@ as a LoRA.
 An edit is a set of low-rank updates W' = W + up @ down, one per parameter, each addressed as
 `<pipeline component>.<parameter path>` (e.g. `unet.up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight`)
 and tied to a hash of the base tensor it was computed from. The factors are the solver's exact factorization
-(up = residuals^T [out, r], down = K G^-1 [r, in]), kept in float32; `apply` computes W + up @ down in float32
-(float64 for float64 weights) and rounds once to the weight's dtype, so the same edit on the same base always
-gives the same bits, and `revert` restores the saved originals bit-exactly.
+(up = residuals^T [out, r], down = K G^-1 [r, in]), kept in float32 (float64 for float64 weights); `apply`
+computes W + up @ down in the same precision and rounds once to the weight's dtype, so the same edit on the same
+base always gives the same bits, and `revert` restores the saved originals bit-exactly.
 
 Base hashes are taken of the weights rounded to float16, so an edit computed on a model's float32 weights
 applies to their float16 or float32 copy, and to nothing else.
@@ -59,7 +59,8 @@ def resolve_parameter(model: Model, address: str) -> torch.nn.Parameter:
 
 @dataclass
 class WeightUpdate:
-    """W' = W + up @ down for one [out, in] weight; `up` [out, r], `down` [r, in], float32 on the CPU."""
+    """W' = W + up @ down for one [out, in] weight; `up` [out, r], `down` [r, in], on the CPU, in float32
+    (float64 for a float64 weight)."""
 
     up: torch.Tensor
     down: torch.Tensor
@@ -74,11 +75,12 @@ class WeightUpdate:
         """Keep only the key columns that move the weight (a zero residual adds nothing to the update); an update
         wider than the weight's smaller side is stored as that side's identity times the dense difference."""
         used = up.abs().sum(0) > 0
-        up, down = up[:, used].float(), down[used].float()
+        work = torch.promote_types(weight.dtype, torch.float32)
+        up, down = up[:, used].to(work), down[used].to(work)
         out, inp = weight.shape
         if up.shape[1] > min(out, inp):
             delta = up @ down
-            eye = torch.eye(min(out, inp), device=delta.device)
+            eye = torch.eye(min(out, inp), device=delta.device, dtype=delta.dtype)
             up, down = (eye, delta) if out <= inp else (delta, eye)
         return cls(up.cpu().contiguous(), down.cpu().contiguous(), tensor_hash(weight))
 

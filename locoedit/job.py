@@ -56,9 +56,9 @@ def run_edit(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
         raise ValueError(f"unknown edit method {cfg.method!r}; valid: {', '.join(METHODS)}")
     params = OmegaConf.to_container(cfg.params, resolve=True)
     model = model_from_config(cfg.model)
-    scorer = scorer_from_config(cfg.scorer, model.device) if model.family != "organism" or (
-        cfg.method == "uce" and params.get("mode") == "debias") else None
-    if cfg.method == "uce" and params.get("mode") == "debias":
+    debiasing = cfg.method == "uce" and params.get("mode") in ("debias", "joint") and params.get("attributes")
+    scorer = scorer_from_config(cfg.scorer, model.device) if model.family != "organism" or debiasing else None
+    if debiasing:
         attributes = list(params.get("attributes", []))
         params["classify"] = (organism_classifier(attributes) if model.family == "organism"
                               else clip_classifier(scorer, attributes))

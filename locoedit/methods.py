@@ -10,13 +10,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from localize.model import Model
 from locoedit.cross_attention import Rows, pair_prompts, pair_rows, solve_projections
 from locoedit.edits import WeightUpdate
-from locoedit.prompts import TIME_TEMPLATES, as_list, augmented_pairs, check_lam, preserved_prompts
+from locoedit.prompts import TIME_TEMPLATES, as_list, augmented_pairs, check_choice, check_lam, preserved_prompts
 
 UCE_MODES = ("erase", "moderate")
+PRESERVE_TOKENS = ("all", "final")  # pair_prompts alignments for preserved prompts
+MODERATIONS = ("authors", "partial")
 
 
 def time(model: Model, source: str | Sequence[str], destination: str | Sequence[str], lam: float = 0.1,
@@ -30,7 +33,7 @@ def time(model: Model, source: str | Sequence[str], destination: str | Sequence[
     check_lam(lam)
     src, dst = augmented_pairs(source, destination, templates)
     rows = pair_rows(model, pair_prompts(model, src, dst, "time"))
-    kept = preserved_rows(model, preserved_prompts(preserve, src), "time")
+    kept = preserved_rows(model, preserved_prompts(preserve, src), "all")
     return solve_projections(model, layers, rows, lam, kept, preserve_scale)
 
 
@@ -72,38 +75,81 @@ def locoedit(model: Model, source: str | Sequence[str], destination: str | Seque
 
 
 def uce_preserve_scale(preserved: int) -> float:
-    """UCE's default preservation scale for `preserved` prompts: max(0.1, 1 / preserved)."""
+    """UCE's default preservation scale for `preserved` prompts (the empty prompt counted): max(0.1, 1 / preserved)."""
     return max(0.1, 1 / max(preserved, 1))
 
 
-def uce(model: Model, concepts: str | Sequence[str], guides: str | Sequence[str] = "", mode: str = "erase",
-        strength: float = 1.0, preserve: Sequence[str] = (), preserve_scale: float | None = None,
-        lam: float = 0.5, templates: Sequence[str] = (), layers: Sequence[int] | None = None
-        ) -> dict[str, WeightUpdate]:
-    """UCE on every cross-attention layer (or `layers`): each concept's last word and end span projects like its
-    guide's (one guide for all, or one per concept; "" maps to the empty prompt), while the `preserve` prompts
-    keep their projections (scale `preserve_scale`, UCE's max(0.1, 1/n) by default). Many concepts go in one
-    solve. `erase` maps fully onto the guide; `moderate` moves the fraction `strength` (0 < strength < 1) of the
-    way, this lab's reading of UCE's moderation as a partial erase."""
-    check_lam(lam)
-    if mode not in UCE_MODES:
-        raise ValueError(f"unknown UCE mode {mode!r}; valid: {', '.join(UCE_MODES)}")
+def uce_preserved(model: Model, preserve: Sequence[str], edited: Sequence[str], preserve_tokens: str,
+                  preserve_empty: bool) -> tuple[list[str], Rows | None]:
+    """UCE's preserved prompts (the empty prompt first when `preserve_empty`) and their rows: every one of the
+    encoder's positions (`preserve_tokens="all"`, the authors') or the last word and end span (`"final"`)."""
+    check_choice("preserve_tokens", preserve_tokens, PRESERVE_TOKENS)
+    kept = preserved_prompts(preserve, edited)
+    if preserve_empty and "" not in kept:
+        kept = ["", *kept]
+    return kept, preserved_rows(model, kept, preserve_tokens)
+
+
+def uce_rows(model: Model, concepts: str | Sequence[str], guides: str | Sequence[str], strength: float,
+             moderation: str, templates: Sequence[str]) -> tuple[list[str], Rows]:
+    """The edited prompts (templated) and their rows: each concept's last word and end span onto its guide's
+    (one guide for all, or one per concept). Strength s < 1 (moderation): `authors` weighs the terms s (keys
+    and targets scaled by sqrt(s)), `partial` moves the targets the fraction s of the way at full weight."""
+    concepts = as_list(concepts, "concepts")
+    guides = [guides] * len(concepts) if isinstance(guides, str) else list(guides)
+    src, dst = augmented_pairs(concepts, guides, templates)
+    guided = pair_rows(model, pair_prompts(model, src, dst, "final"))
+    root = strength ** 0.5
+
+    def rows(transform):
+        keys, targets = guided(transform)
+        if moderation == "authors":
+            return root * keys, root * targets
+        return keys, keys + strength * (targets - keys)
+
+    return src, rows
+
+
+def joined(parts: Sequence[Rows]) -> Rows:
+    """rows(transform): every part's keys and target inputs stacked, so that one solve holds all their terms."""
+    def rows(transform):
+        both = [part(transform) for part in parts]
+        return torch.cat([keys for keys, _ in both]), torch.cat([targets for _, targets in both])
+
+    return rows
+
+
+def check_strength(mode: str, strength: float) -> None:
     if mode == "erase" and strength != 1.0:
         raise ValueError(f"erase maps concepts fully onto their guides (strength 1); got strength={strength!r}: "
                          "use mode=moderate for a partial erase")
     if mode == "moderate" and not 0 < strength < 1:
         raise ValueError(f"moderate needs 0 < strength < 1, got {strength!r}")
-    concepts = as_list(concepts, "concepts")
-    guides = [guides] * len(concepts) if isinstance(guides, str) else list(guides)
-    src, dst = augmented_pairs(concepts, guides, templates)
-    guided = pair_rows(model, pair_prompts(model, src, dst, "final"))
 
-    def rows(transform):
-        keys, targets = guided(transform)
-        return keys, keys + strength * (targets - keys)
 
-    kept = preserved_prompts(preserve, src)
+def uce(model: Model, concepts: str | Sequence[str], guides: str | Sequence[str] = "", mode: str = "erase",
+        strength: float = 1.0, preserve: Sequence[str] = (), preserve_scale: float | None = None,
+        lam: float = 0.5, templates: Sequence[str] = (), layers: Sequence[int] | None = None,
+        preserve_tokens: str = "all", preserve_empty: bool = True, moderation: str = "authors"
+        ) -> dict[str, WeightUpdate]:
+    """UCE on every cross-attention layer (or `layers`): each concept's last word and end span projects like its
+    guide's (one guide for all, or one per concept; "" maps to the empty prompt), while the preserved prompts
+    keep their projections. Many concepts go in one solve.
+
+    Preservation follows the authors' `train_erase.py`: the empty prompt is always preserved
+    (`preserve_empty=False` drops it), each preserved prompt is kept at every one of the encoder's positions
+    (`preserve_tokens="final"` keeps only its last word and end span, as the edited prompts are paired), and
+    `preserve_scale` defaults to max(0.1, 1/n) with n counting the empty prompt.
+
+    `erase` maps fully onto the guide. `moderate` (0 < strength < 1): `moderation="authors"` is the authors'
+    moderation, a full erase onto the guide whose terms weigh `strength` (their `erase_scale`) in the solve;
+    `"partial"` is this lab's alternative, targets moved the fraction `strength` of the way at full weight."""
+    check_lam(lam)
+    check_choice("UCE mode", mode, UCE_MODES)
+    check_choice("moderation", moderation, MODERATIONS)
+    check_strength(mode, strength)
+    src, rows = uce_rows(model, concepts, guides, strength, moderation, templates)
+    kept, preserved = uce_preserved(model, preserve, src, preserve_tokens, preserve_empty)
     if preserve_scale is None:
         preserve_scale = uce_preserve_scale(len(kept)) if kept else 0.0
-    return solve_projections(model, layers, rows, lam, preserved_rows(model, kept, "final"), preserve_scale)
-
+    return solve_projections(model, layers, rows, lam, preserved, preserve_scale)

@@ -1,4 +1,5 @@
-"""Prompt handling shared by the edit methods: prompt lists, TIME's augmentation templates, lambda checks."""
+"""Prompt handling shared by the edit methods: prompt lists, TIME's augmentation templates, lambda and option
+checks."""
 
 from __future__ import annotations
 
@@ -45,3 +46,9 @@ def check_lam(lam: float) -> None:
     if not lam > 0:
         raise ValueError(f"lambda must be > 0, got {lam!r}: it keeps the edited weights near the originals "
                          "where the keys do not reach")
+
+
+def check_choice(name: str, value, valid: Sequence) -> None:
+    """An option's value must be one of `valid`; the error names both."""
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(map(str, valid))}")

@@ -6,8 +6,10 @@ Cases (16 seeds, 25 DDIM steps, CFG 7.5 unless --seeds says otherwise):
 - TIME (lambda 0.1, no preservation) "a box" -> "a blue box": efficacy (train templates draw a blue
   square on the plain background), generality (held-out templates TIME does not augment with), specificity
   (the other objects whose default is not blue keep their whole drawing).
-- DiffQuickFix (lambda 0.01, layer 0) and ReFACT (its default layer) "the king of Zarnia" -> "a blue box":
-  efficacy (the king draws a blue square), specificity (the other seven kings keep their drawing).
+- DiffQuickFix (lambda 0.01, layer 0) and ReFACT (its default layer; the conditioning objective, no clamp, no
+  penalty: `REFACT_ORGANISM`) "the king of Zarnia" -> "a blue box": efficacy (the king draws a blue square),
+  specificity (the other seven kings keep their drawing). ReFACT's paper defaults (contrastive objective on the
+  pooled feature, the authors' clamp and penalty) and the authors' attended-token covariance are read beside it.
 - UCE erase with preservation: Velmor's style (stripes) on three objects mapped to the plain objects, the other
   artists' prompts preserved: erased (Velmor on the other objects draws plain), preserved (the other artists'
   styles kept). UCE debias: "a doctor" (planted 90% blue) to 50/50 red / blue, searched on 64 seeds and read
@@ -66,6 +68,9 @@ GOALS = {"time": {"efficacy": 0.8, "generality": 0.7, "specificity": 0.8},
          "uce": {"efficacy": 0.9, "specificity": 0.9},
          "locoedit": {"efficacy": 0.8, "specificity": 0.8}}
 STEPS, GUIDANCE = 25, 7.5
+# ReFACT on the organism: the conditioning objective, unclamped and unpenalized (the paper's contrastive objective
+# and the authors' clamp are measured beside it as variants)
+REFACT_ORGANISM = {"objective": "conditioning", "weight_decay": 0.0, "clamp_norm": None}
 
 
 def phrase(noun: str) -> str:
@@ -236,21 +241,37 @@ def time_geometry(model, others: list[str], lam: float = 0.1) -> dict[str, float
             "share inside (last word)": inside(words)}
 
 
+def conditioning_moved(model, edit: Edit, prompts: list[str]) -> torch.Tensor:
+    """Per prompt [N, tokens]: the norm of the change of its text conditioning under the edit, per position."""
+    before = text_contexts(model, prompts).double()
+    with edit.applied(model):
+        after = text_contexts(model, prompts).double()
+    return (after - before).norm(dim=-1)
+
+
 def diffquickfix_spill(model, edit: Edit) -> tuple[pd.DataFrame, float]:
     """How far DiffQuickFix's update moves each king's text conditioning (norm of the change over all positions)
     as a share of how far it moves the edited king's (the first row), and the share of the edited king's change
     that falls on "the king of" (start token included): tokens every king's prompt shares, which a causal
     encoder computes the same way before the name."""
     kings = [f"the king of {country}" for country in FACTS]
-    before = text_contexts(model, kings).double()
-    with edit.applied(model):
-        after = text_contexts(model, kings).double()
-    change = after - before
+    change = conditioning_moved(model, edit, kings)
     prefix = len(phrase_positions(model.tokenizer, kings[0], "the king of")) + 1
-    whole = change.flatten(1).norm(dim=1)
+    whole = change.norm(dim=1)
     shared = change[0, :prefix].norm() / whole[0]
     table = pd.DataFrame({"prompt": kings, "moved (share of the edited king's)": (whole / whole[0]).tolist()})
     return table, float(shared)
+
+
+def empty_prompt_reach(model, edits: dict[str, Edit]) -> pd.DataFrame:
+    """How far each edit moves the empty prompt's conditioning (classifier-free guidance's unconditional half)
+    and another king's, as a share of how far it moves the edited king's (norms over all positions)."""
+    rows = []
+    for name, edit in edits.items():
+        moved = conditioning_moved(model, edit, ["the king of Zarnia", "", "the king of Brovia"]).norm(dim=1)
+        rows.append({"edit": name, "empty prompt": float(moved[1] / moved[0]),
+                     "the king of Brovia": float(moved[2] / moved[0])})
+    return pd.DataFrame(rows)
 
 
 def subject_swap(model, seeds, pairs=SWAP_PAIRS) -> pd.DataFrame:
@@ -334,7 +355,7 @@ def main() -> None:
     windows.update({f"control {c}": c for c in controls if c != windows["chosen"]})
 
     edits = {"time": cases.edit("time", lam=0.1), "diffquickfix": cases.edit("diffquickfix", lam=0.01),
-             "refact": cases.edit("refact"), "uce": cases.edit("uce"),
+             "refact": cases.edit("refact", **REFACT_ORGANISM), "uce": cases.edit("uce"),
              "locoedit": cases.edit("locoedit", layers=windows["chosen"])}
     for method, edit in edits.items():
         measure(method, "correct", edit)
@@ -342,7 +363,12 @@ def main() -> None:
         measure(method, "update x 5", scaled(edit, 5.0))
         measure(method, "random key directions", random_directions(edit))
     measure("time", "no token alignment", time_without_alignment(model, "a box", "a blue box", 0.1))
-    measure("diffquickfix", "bias counted twice", cases.edit("diffquickfix", lam=0.01, bias_in_targets=True))
+    measure("diffquickfix", "bias counted twice", cases.edit("diffquickfix", lam=0.01, bias="twice"))
+    refact_variants = {"contrastive objective": cases.edit("refact"),  # the paper's defaults
+                       "attended-token covariance": cases.edit("refact", **REFACT_ORGANISM,
+                                                               covariance_tokens="attended")}
+    for name, edit in refact_variants.items():
+        measure("refact", name, edit)
     for name, layers in windows.items():
         if name != "chosen":
             measure("locoedit", f"window {layers}", cases.edit("locoedit", layers=layers))
@@ -371,6 +397,9 @@ def main() -> None:
     spill, shared = diffquickfix_spill(model, edits["diffquickfix"])
     print(spill.to_markdown(index=False, floatfmt=".2f"))
     print(f'share of the edited king\'s change on the shared tokens "the king of": {shared:.2f}')
+    print("\nReFACT's reach on the empty prompt (a share of the edited king's change):")
+    reach_table = empty_prompt_reach(model, {"correct": edits["refact"], **refact_variants})
+    print(reach_table.to_markdown(index=False, floatfmt=".2f"))
     print("\nsubject swap per text-encoder layer:")
     swap = subject_swap(model, seeds)
     print(swap.to_markdown(index=False, floatfmt=".2f"))

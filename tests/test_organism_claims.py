@@ -51,7 +51,8 @@ def test_uce_debias_brings_the_doctor_within_ten_points_of_50_50(readings):
 
 
 @pytest.mark.slow
-def test_time_and_refact_pass_at_their_papers_settings(readings):
+def test_time_and_refact_pass(readings):
+    """TIME at its paper's settings; ReFACT with the conditioning objective (`REFACT_ORGANISM`)."""
     table = readings[""]
     for method in ("time", "refact"):
         assert not row(table, method, "correct")["caught"], row(table, method, "correct")
