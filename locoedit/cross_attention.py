@@ -71,7 +71,8 @@ def check_layers(model: Model, layers: Sequence[int]) -> list[int]:
     return sorted(set(layers))
 
 
-Rows = Callable[[Transform], tuple[torch.Tensor, torch.Tensor]]  # (keys, target inputs), each [n, features]
+TargetInputs = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]  # [n, features], or a function of the weight
+Rows = Callable[[Transform], tuple[torch.Tensor, TargetInputs]]  # (keys [n, features], target inputs)
 
 
 def identity(contexts: torch.Tensor) -> torch.Tensor:
@@ -108,7 +109,8 @@ def projection_address(layer: CrossAttentionLayer, projection: torch.nn.Module) 
 def solve_projections(model: Model, layers: Sequence[int] | None, rows: Rows, lam: float,
                       preserved: Rows | None = None, preserve_scale: float = 1.0) -> dict[str, WeightUpdate]:
     """The updates of the key and value projections of `layers` (None: every cross-attention layer) mapping
-    the keys of `rows` to W (target inputs), keeping W on the keys of `preserved` (scaled by `preserve_scale`).
+    the keys of `rows` to W (target inputs; target inputs that depend on the weight are a function of it, as
+    UCE's authors' debiasing targets are), keeping W on the keys of `preserved` (scaled by `preserve_scale`).
     Layers that see the raw context share one factorization."""
     shared = None
     updates = {}
@@ -126,6 +128,7 @@ def solve_projections(model: Model, layers: Sequence[int] | None, rows: Rows, la
             if raw:
                 shared = problem, targets
         for projection in (layer.key, layer.value):
-            up, down = problem.factors(problem.input_residuals(projection.weight, targets))
+            inputs = targets(projection.weight) if callable(targets) else targets
+            up, down = problem.factors(problem.input_residuals(projection.weight, inputs))
             updates[projection_address(layer, projection)] = WeightUpdate.from_factors(projection.weight, up, down)
     return updates

@@ -7,6 +7,11 @@ generates the concept over `seeds`, classifies the images into the attributes, a
 alpha_i bisects the bracket (a measured share jumps steeply with alpha, so proportional steps alone overshoot).
 It stops when every share is within `tolerance` of its target and returns the best round's edit with the history
 of every round.
+
+`search="authors"` is the authors' `train_debias.py` instead: each round measures the model as edited so far,
+sets w_i = `rate` x (target_i - measured_i) (their rate 0.1) and edits the CURRENT weights W once more, with
+targets W c + sum_i w_i |W c| W a_i / |W a_i| (Frobenius norms over each prompt's paired span) and the preserved
+prompts kept as the current weights project them; the edit returned is the sum of every round's update.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ from localize.scoring import ClipScorer
 from locoedit.cross_attention import PromptPair, Rows, pair_prompts, pair_rows, solve_projections
 from locoedit.edits import Edit, WeightUpdate
 from locoedit.methods import joined, uce_preserved
-from locoedit.prompts import as_list, augmented, check_lam
+from locoedit.prompts import as_list, augmented, check_choice, check_lam
 
 Classifier = Callable[[torch.Tensor], list[int]]  # images -> attribute index per image (-1: none of them)
+SEARCHES = ("bracket", "authors")
 
 
 def clip_classifier(scorer: ClipScorer, texts: Sequence[str]) -> Classifier:
@@ -63,6 +69,27 @@ def mixed(attribute_rows: Sequence[Rows], alpha: Sequence[float]) -> Rows:
     return rows
 
 
+def authors_mixed(attribute_rows: Sequence[Rows], weights: Sequence[float], spans: Sequence[int]) -> Rows:
+    """rows(transform) = (c, T(W)) with W T(W) = W c + sum_i w_i |W c| W a_i / |W a_i| per prompt: `spans` are
+    the concept prompts' span lengths, in the rows' order; the norms are Frobenius norms over one span."""
+    def rows(transform):
+        both = [r(transform) for r in attribute_rows]
+        keys = both[0][0]
+
+        def targets(weight: torch.Tensor) -> torch.Tensor:
+            w = weight.to(keys.dtype)
+            parts = []
+            for c, *attributes in zip(keys.split(spans), *(t.split(spans) for _, t in both), strict=True):
+                scale = (c @ w.T).norm()
+                parts.append(c + sum(wi * scale / (a @ w.T).norm() * a
+                                     for wi, a in zip(weights, attributes, strict=True)))
+            return torch.cat(parts)
+
+        return keys, targets
+
+    return rows
+
+
 def search_weights(measure: Callable[[list[float]], list[float]], split: Sequence[float], tolerance: float,
                    rounds: int, rate: float) -> list[dict]:
     """Rounds of {round, alpha, shares, gap}: round 0 measures alpha = 0 (no edit), each later round the next
@@ -94,17 +121,23 @@ def search_weights(measure: Callable[[list[float]], list[float]], split: Sequenc
 
 def debias(model: Model, concept: str, attributes: Sequence[str], classify: Classifier,
            split: Sequence[float] | None = None, templates: Sequence[str] = (), seeds: Sequence[int] = range(16),
-           steps: int = 25, guidance: float = 7.5, tolerance: float = 0.1, rounds: int = 8, rate: float = 1.0,
-           lam: float = 0.5, preserve: Sequence[str] = (), preserve_scale: float = 0.1,
+           steps: int = 25, guidance: float = 7.5, tolerance: float = 0.1, rounds: int = 8,
+           rate: float | None = None, lam: float = 0.5, preserve: Sequence[str] = (), preserve_scale: float = 0.1,
            layers: Sequence[int] | None = None, preserve_tokens: str = "all", preserve_empty: bool = False,
-           held: Rows | None = None) -> tuple[dict[str, WeightUpdate], dict]:
+           search: str = "bracket", held: Rows | None = None) -> tuple[dict[str, WeightUpdate], dict]:
     """Debias `concept` (e.g. "a doctor") over `attributes` (one prompt each, e.g. ["a red doctor", "a blue
     doctor"]) towards `split` (uniform by default). The `preserve` prompts are kept at every position
     (`preserve_tokens="all"`, as the authors' `train_debias.py`; `"final"`: last word and end span) with the
     authors' scale 0.1, and the empty prompt too with `preserve_empty`. `held`: rows of other terms every
-    round's solve also holds (the joint UCE edit's erase and moderate terms, `locoedit.joint`). Returns the
-    best edited round's updates and {alpha, shares, history}."""
+    round's solve also holds (the joint UCE edit's erase and moderate terms, `locoedit.joint`). `search`:
+    `bracket` (this lab's, the module's docstring) or `authors`; `rate` defaults to 1.0 and to the authors' 0.1
+    respectively. Returns the best edited round's updates and
+    {alpha, shares, history} (`authors`: the summed updates and {weights, shares, history})."""
     check_lam(lam)
+    check_choice("search", search, SEARCHES)
+    if search == "authors" and held is not None:
+        raise ValueError("the joint UCE edit searches its debiasing weights with search='bracket'")
+    rate = (0.1 if search == "authors" else 1.0) if rate is None else rate
     attributes = as_list(attributes, "attributes")
     split = [1 / len(attributes)] * len(attributes) if split is None else list(split)
     if len(attributes) < 2 or len(split) != len(attributes) or abs(sum(split) - 1) > 1e-6 or min(split) < 0:
@@ -120,6 +153,18 @@ def debias(model: Model, concept: str, attributes: Sequence[str], classify: Clas
     attribute_rows = [pair_rows(model, ps) for ps in pairs]
     preserved = uce_preserved(model, preserve, concepts, preserve_tokens, preserve_empty)[1]
     seeds = list(seeds)
+    if search == "authors":
+        spans = [len(pair.source_positions) for pair in pairs[0]]
+
+        def step(weights: list[float]) -> dict[str, WeightUpdate]:
+            return solve_projections(model, layers, authors_mixed(attribute_rows, weights, spans), lam, preserved,
+                                     preserve_scale)
+
+        def measured() -> list[float]:
+            images = generate(model, [concept] * len(seeds), seeds, steps=steps, guidance=guidance)
+            return shares(classify(images), len(attributes))
+
+        return authors_rounds(model, step, measured, split, tolerance, rounds, rate)
     solved = {}
 
     def measure(alpha: list[float]) -> list[float]:
@@ -139,3 +184,32 @@ def debias(model: Model, concept: str, attributes: Sequence[str], classify: Clas
                          f"target {split}, so every attribute weight stayed 0")
     best = min(edited, key=lambda entry: entry["gap"])
     return solved[tuple(best["alpha"])], {"alpha": best["alpha"], "shares": best["shares"], "history": history}
+
+
+def authors_rounds(model: Model, step: Callable[[list[float]], dict[str, WeightUpdate]],
+                   measure: Callable[[], list[float]], split: Sequence[float], tolerance: float, rounds: int,
+                   rate: float) -> tuple[dict[str, WeightUpdate], dict]:
+    """The authors' loop: measure the model as edited so far; stop within `tolerance` or after `rounds` steps;
+    else `step` the current weights with w = rate x (split - measured) and add that update to the total."""
+    total: dict[str, WeightUpdate] = {}
+    history = []
+    for round_ in range(rounds + 1):
+        with Edit("uce", model.family, {}, total).applied(model) if total else nullcontext():
+            measured = measure()
+            weights = [rate * (s - m) for s, m in zip(split, measured, strict=True)]
+            gap = max(abs(s - m) for s, m in zip(split, measured, strict=True))
+            history.append({"round": round_, "weights": weights, "shares": measured, "gap": gap})
+            if gap <= tolerance or round_ == rounds:
+                break
+            updates = step(weights)
+        for address, update in updates.items():
+            if address in total:
+                first = total[address]
+                update = WeightUpdate(torch.cat([first.up, update.up], 1), torch.cat([first.down, update.down]),
+                                      first.base_hash)
+            total[address] = update
+    if not total:
+        raise ValueError(f"debiasing found no edit: the measured split {history[0]['shares']} is already within "
+                         f"{tolerance} of the target {split}")
+    return total, {"weights": [entry["weights"] for entry in history[:-1]], "shares": history[-1]["shares"],
+                   "history": history}

@@ -309,6 +309,10 @@ def test_time_edits_other_families(tiny_models, family):
     ("refact", {"source": "a rose", "destination": "a tulip", "objective": "kl"}, "unknown objective 'kl'; valid"),
     ("refact", {"source": "a rose", "destination": "a tulip", "shift_at": "end"}, "unknown shift_at 'end'"),
     ("refact", {"source": "a rose", "destination": "a tulip", "covariance_tokens": "x"}, "covariance_tokens 'x'"),
+    ("uce", {"mode": "debias", "concept": "a doctor", "attributes": ["a red doctor", "a blue doctor"],
+             "classify": len, "search": "grid"}, "unknown search 'grid'; valid: bracket, authors"),
+    ("uce", {"mode": "joint"}, "needs at least one of erase, moderate or concept"),
+    ("uce", {"mode": "forget"}, "unknown UCE mode 'forget'; valid: erase, moderate, debias, joint"),
     ("refact", {"source": "a rose", "destination": "a tulip", "layer": 12}, r"has no layer 12: it has \d+ \(0\.\."),
 ])
 def test_bad_input_is_a_clear_error_and_leaves_the_model_untouched(fresh, method, params, message):

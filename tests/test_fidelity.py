@@ -163,6 +163,32 @@ def test_uce_joint_debias_search_holds_the_other_terms(sd1):
         assert (after.double() - reference[address]).abs().max() <= 1e-4 * (reference[address] - before).abs().max()
 
 
+def test_uce_debias_authors_search_takes_their_update_rule(sd1):
+    """`search="authors"`, one round from the unedited model: a classifier that always answers 0 measures
+    [1, 0], so w = 0.1 ([0.5, 0.5] - [1, 0]); per weight W the targets are W c + sum_i w_i |W c| W a_i / |W a_i|
+    (Frobenius norms over the paired span), the preserved prompts kept at every position with scale 0.1."""
+    concept, attributes = "a doctor", ["a red doctor", "a blue doctor"]
+    result = edit(sd1, "uce", mode="debias", concept=concept, attributes=attributes, search="authors",
+                  classify=lambda images: [0] * len(images), seeds=[0, 1], steps=2, rounds=1, preserve=["a tree"])
+    weights = result.info["weights"]
+    assert len(weights) == 1 and weights[0] == pytest.approx([-0.05, 0.05])
+    old, old_count = encode(sd1, [concept])
+    new, new_count = encode(sd1, attributes)
+    pairs = [final_span_pair(old[0], old_count[0], new[i], new_count[i]) for i in range(len(attributes))]
+    size = min(len(c) for c, _ in pairs)
+    c, kept = pairs[0][0][:size], encode(sd1, ["a tree"])[0][0]
+    reference = {}
+    for address, weight in cross_attention_addresses(sd1):
+        wc = c @ weight.T
+        target = wc + sum(w * wc.norm() * (a[:size] @ weight.T) / (a[:size] @ weight.T).norm()
+                          for w, (_, a) in zip(weights[0], pairs, strict=True))
+        numerator = 0.5 * weight + target.T @ c + 0.1 * (kept @ weight.T).T @ kept
+        gram = 0.5 * torch.eye(weight.shape[1], dtype=torch.float64) + c.T @ c + 0.1 * kept.T @ kept
+        reference[address] = torch.linalg.solve(gram, numerator.T).T
+    for address, (before, after) in edited_weights(sd1, result).items():
+        assert (after - reference[address]).abs().max() <= 1e-4 * (reference[address] - before).abs().max()
+
+
 def release_pairs(model, source, destination):
     """The release notebook's positions: from the token before the first end token to 76 in each prompt; values
     trimmed to the keys' count, or the keys' extra positions paired with position 76."""
