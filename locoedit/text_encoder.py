@@ -172,7 +172,7 @@ def default_corpus(model: Model) -> list[str]:
 
 REFACT_DEPTH = 7 / 11  # RoAD's best layer in the ReFACT paper: 7 of CLIP ViT-L's layers 0..11
 REFACT_OBJECTIVES = ("contrastive", "conditioning")
-SHIFT_SITES = ("update", "subject")
+SHIFT_SITES = ("subject", "update")
 LOGIT_SCALE = 100.0  # CLIP's trained logit scale (exp 4.6052), the contrastive objective's temperature
 
 
@@ -192,7 +192,7 @@ def refact(model: Model, source: str | Sequence[str], destination: str | Sequenc
            subject: str | None = None, destination_subject: str | None = None, layer: int | None = None,
            encoder: int = 0, templates: Sequence[str] = TIME_TEMPLATES, corpus: Sequence[str] | None = None,
            steps: int = 100, learning_rate: float = 0.1, weight_decay: float = 0.1, clamp_norm: float | None = 4.0,
-           lam: float | None = None, objective: str = "contrastive", shift_at: str = "update",
+           lam: float | None = None, objective: str = "contrastive", shift_at: str = "subject",
            covariance_tokens: str = "all", seed: int = 0) -> tuple[dict[str, WeightUpdate], dict]:
     """ReFACT: a rank-one edit of the MLP output projection of text encoder `encoder`, layer `layer` (default
     `refact_default_layer`: the paper's best RoAD layer, 7 of CLIP ViT-L's 12, at the same relative depth).
@@ -213,10 +213,9 @@ def refact(model: Model, source: str | Sequence[str], destination: str | Sequenc
     the padding's keys, the empty prompt's included, fall where C is small, the update moves them most, and
     classifier-free guidance's unconditional half moves with the edit.
 
-    `shift_at="update"` (this lab's default) optimizes d through that update itself, so every position moves
-    as the applied edit moves it and what is optimized is what is applied. `"subject"` is the authors': d is
-    added at the subject token only, then inserted; the update also moves the end span, which that search
-    does not see (on tiny SD 1.x this raises the applied mismatch it lowered while optimizing).
+    `shift_at="subject"` is the authors': d is added at the subject token only, then inserted, and the update
+    also moves other positions (the end span) as that search never saw. `"update"` (this lab's option)
+    optimizes d through the update itself, so what is optimized is what is applied.
 
     Returns the update and `info`: "mismatch" [before, after], the squared error of the source's conditioning
     at the matched positions against the destination's, over the destination's mean square, measured with the

@@ -259,7 +259,8 @@ def test_refact_inserts_with_roms_closed_form(model64):
 @pytest.mark.parametrize("layer", [0, 1, 3])
 def test_refacts_applied_edit_lowers_what_it_optimizes(sd1, layer):
     """`info["mismatch"]` is measured with the applied weights, and with the conditioning objective alone (no
-    penalty, no clamp) the applied edit lowers it at every layer tried; with the paper's contrastive objective
+    penalty, no clamp) the applied edit lowers it at every layer tried, with the shift found at the subject
+    token (the authors') or through the update (`shift_at=update`); with the contrastive objective
     the edited source's pooled feature ends closer to the destination's unedited feature than to its own."""
     source, destination = "a photo of a rose", "a photo of a tulip"
     result = edit(sd1, "refact", source=source, destination=destination, layer=layer, templates=(), steps=60,
@@ -277,6 +278,9 @@ def test_refacts_applied_edit_lowers_what_it_optimizes(sd1, layer):
 
     assert after < before
     assert mismatch(edited) == pytest.approx(after, rel=1e-4) and mismatch(contexts) == pytest.approx(before, rel=1e-4)
+    through = edit(sd1, "refact", source=source, destination=destination, layer=layer, templates=(), steps=60,
+                   objective="conditioning", weight_decay=0.0, clamp_norm=None, shift_at="update")
+    assert through.info["mismatch"][1] < before
     contrastive = edit(sd1, "refact", source=source, destination=destination, layer=layer, templates=(), steps=60)
     with torch.no_grad():
         anchors = F.normalize(pooled_features(sd1, 0, [destination, source]), dim=-1)
