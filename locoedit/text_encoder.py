@@ -209,9 +209,9 @@ def refact(model: Model, source: str | Sequence[str], destination: str | Sequenc
     with the key covariance C the mean outer product of the projection's inputs over the `corpus` prompts, plus
     `lam` I (default 1e-4 of its mean eigenvalue, so that C is invertible when the corpus does not span the
     width). `covariance_tokens="all"` (this lab's default) counts every position the UNet reads, padding
-    included; `"attended"` counts each prompt's own tokens, as the authors' statistics do. With `attended`
-    the padding's keys, the empty prompt's included, fall where C is small, the update moves them most, and
-    classifier-free guidance's unconditional half moves with the edit.
+    included; `"attended"` counts each prompt's own tokens, as the authors' statistics do. On the organism the
+    `attended` edit moves the empty prompt's conditioning (classifier-free guidance's unconditional half) 8
+    times as far and no longer draws the new fact (`scripts/organism_edits.py`).
 
     `shift_at="subject"` is the authors': d is added at the subject token only, then inserted, and the update
     also moves other positions (the end span) as that search never saw. `"update"` (this lab's option)

@@ -124,6 +124,20 @@ def test_edit_job_saves_the_edit_its_lora_images_and_readings(tmp_path):
     assert load_edit(out / "edit.safetensors").params["destination"] == "a blue apple"
 
 
+def test_edit_job_runs_uces_joint_edit(tmp_path):
+    """`method=uce_joint`: erase, moderate and debias terms in one solve; the debias search's shares are reported."""
+    out = tmp_path / "run"
+    result = localize("edit", "method=uce_joint", "evaluate=[a doctor]", "seeds=[0]", "steps=2", "progress=false",
+                      "+params.seeds=[0,1]", "+params.steps=2", "+params.rounds=1", f"hydra.run.dir={out}",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "method: uce" in result.stdout and "'shares'" in result.stdout
+    from locoedit import load_edit
+
+    saved = load_edit(out / "edit.safetensors")
+    assert saved.params["mode"] == "joint" and saved.params["concept"] == "a doctor"
+
+
 def test_edit_job_rejects_an_unknown_method_before_loading(tmp_path):
     result = localize("edit", "method=rome", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode != 0 and "Could not find 'method/rome'" in result.stderr and "uce" in result.stderr

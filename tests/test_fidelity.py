@@ -76,10 +76,10 @@ def uce_reference(model, groups, preserve, lam=0.5, empty=True, partial=None, fi
     of weight 1. Departures: `empty=False` (no ""), `partial=s` (v = c + s (g - c), weight 1), `final_preserve`
     (preserved prompts from their last word on)."""
     retained = ["", *preserve] if empty else list(preserve)
-    kept, kept_count = encode(model, retained)
+    kept, kept_count = encode(model, retained) if retained else ([], [])
     if final_preserve:
         kept = [k[n - 2:] for k, n in zip(kept, kept_count, strict=True)]
-    scale = max(0.1, 1 / len(retained))
+    scale = max(0.1, 1 / len(retained)) if retained else 0.0
     terms = list(extra)
     for concepts, guides, weight in groups:
         old, old_count = encode(model, concepts)
@@ -187,6 +187,19 @@ def test_uce_debias_authors_search_takes_their_update_rule(sd1):
         reference[address] = torch.linalg.solve(gram, numerator.T).T
     for address, (before, after) in edited_weights(sd1, result).items():
         assert (after - reference[address]).abs().max() <= 1e-4 * (reference[address] - before).abs().max()
+
+
+def test_locoedit_is_uces_pairing_on_the_chosen_layers_only(model64):
+    """LOCOEDIT: the last word and end span of each source (TIME's templates added) onto the destination's, lambda
+    0.1, no preservation, on the chosen layers' to_k / to_v and nothing else."""
+    source, destination = CONCEPTS[0], GUIDES[0]
+    layers = [1, 2]
+    result = edit(model64, "locoedit", source=source, destination=destination, layers=layers)
+    full = uce_reference(model64, [(release_augmented(source), release_augmented(destination), 1.0)], [], lam=0.1,
+                         empty=False)
+    chosen = {f"unet.{model64.cross_attention_layers[k].name}.{name}.weight"
+              for k in layers for name in ("to_k", "to_v")}
+    assert_matches(model64, result, {address: full[address] for address in chosen})
 
 
 def release_pairs(model, source, destination):
