@@ -202,6 +202,33 @@ def test_locoedit_is_uces_pairing_on_the_chosen_layers_only(model64):
     assert_matches(model64, result, {address: full[address] for address in chosen})
 
 
+def time_alignment(model, source, destination):
+    """TIME's token alignment, as diffusers' TIME pipeline builds it: each source token (start and end included)
+    goes to the next unused equal destination token ("an" read as "a"); the positions after the source's end
+    token continue one by one from the destination's, capped at 76."""
+    tokenizer = model.pipeline.tokenizer
+    article, an = tokenizer("a").input_ids[1], tokenizer("an").input_ids[1]
+    src, dst = ([article if t == an else t for t in tokenizer(p).input_ids] for p in (source, destination))
+    mapping, j = [], 0
+    for token in src:
+        j = dst.index(token, j)
+        mapping.append(j)
+        j += 1
+    return mapping + [min(p, LENGTH - 1) for p in range(j, j + LENGTH - len(mapping))]
+
+
+def test_time_equals_its_normal_equations(model64):
+    """TIME: every position of each templated source onto its aligned destination position, lambda 0.1, every
+    cross-attention layer's to_k / to_v."""
+    source, destination = "a box", "a blue box"
+    sources, destinations = release_augmented(source), release_augmented(destination)
+    old, new = encode(model64, sources)[0], encode(model64, destinations)[0]
+    terms = [(old[i], new[i, time_alignment(model64, s, d)])
+             for i, (s, d) in enumerate(zip(sources, destinations, strict=True))]
+    result = edit(model64, "time", source=source, destination=destination)
+    assert_matches(model64, result, uce_reference(model64, [], [], lam=0.1, empty=False, extra=terms))
+
+
 def release_pairs(model, source, destination):
     """The release notebook's positions: from the token before the first end token to 76 in each prompt; values
     trimmed to the keys' count, or the keys' extra positions paired with position 76."""
