@@ -142,10 +142,10 @@ def test_uce_joint_edit_is_one_solve_of_every_term(model64):
     assert_matches(model64, result, uce_reference(model64, groups, PRESERVE))
 
 
-def test_uce_joint_debias_search_holds_the_other_terms(sd1):
+def test_uce_joint_debias_search_holds_the_other_terms(model64):
     """The debiased concept's rows c -> c + sum_i alpha_i (a_i - c) (last word and end span, cut to the shortest
     span) join the erase terms in every round's solve; the returned edit is the solve at the chosen alpha."""
-    model = sd1
+    model = model64
     concept, attributes = "a doctor", ["a red doctor", "a blue doctor"]
     result = edit(model, "uce", mode="joint", erase=["a painting by Velmor"], concept=concept,
                   attributes=attributes, classify=lambda images: [0] * len(images), seeds=[0, 1], steps=2,
@@ -158,35 +158,32 @@ def test_uce_joint_debias_search_holds_the_other_terms(sd1):
     c = pairs[0][0][:size]
     target = c + sum(a * (g[:size] - c) for a, (_, g) in zip(alpha, pairs, strict=True))
     reference = uce_reference(model, [(["a painting by Velmor"], [""], 1.0)], ["a tree"], extra=[(c, target)])
-    weights = edited_weights(model, result)
-    for address, (before, after) in weights.items():
-        assert (after.double() - reference[address]).abs().max() <= 1e-4 * (reference[address] - before).abs().max()
+    assert_matches(model, result, reference)
 
 
-def test_uce_debias_authors_search_takes_their_update_rule(sd1):
+def test_uce_debias_authors_search_takes_their_update_rule(model64):
     """`search="authors"`, one round from the unedited model: a classifier that always answers 0 measures
     [1, 0], so w = 0.1 ([0.5, 0.5] - [1, 0]); per weight W the targets are W c + sum_i w_i |W c| W a_i / |W a_i|
     (Frobenius norms over the paired span), the preserved prompts kept at every position with scale 0.1."""
     concept, attributes = "a doctor", ["a red doctor", "a blue doctor"]
-    result = edit(sd1, "uce", mode="debias", concept=concept, attributes=attributes, search="authors",
+    result = edit(model64, "uce", mode="debias", concept=concept, attributes=attributes, search="authors",
                   classify=lambda images: [0] * len(images), seeds=[0, 1], steps=2, rounds=1, preserve=["a tree"])
     weights = result.info["weights"]
     assert len(weights) == 1 and weights[0] == pytest.approx([-0.05, 0.05])
-    old, old_count = encode(sd1, [concept])
-    new, new_count = encode(sd1, attributes)
+    old, old_count = encode(model64, [concept])
+    new, new_count = encode(model64, attributes)
     pairs = [final_span_pair(old[0], old_count[0], new[i], new_count[i]) for i in range(len(attributes))]
     size = min(len(c) for c, _ in pairs)
-    c, kept = pairs[0][0][:size], encode(sd1, ["a tree"])[0][0]
+    c, kept = pairs[0][0][:size], encode(model64, ["a tree"])[0][0]
     reference = {}
-    for address, weight in cross_attention_addresses(sd1):
+    for address, weight in cross_attention_addresses(model64):
         wc = c @ weight.T
         target = wc + sum(w * wc.norm() * (a[:size] @ weight.T) / (a[:size] @ weight.T).norm()
                           for w, (_, a) in zip(weights[0], pairs, strict=True))
         numerator = 0.5 * weight + target.T @ c + 0.1 * (kept @ weight.T).T @ kept
         gram = 0.5 * torch.eye(weight.shape[1], dtype=torch.float64) + c.T @ c + 0.1 * kept.T @ kept
         reference[address] = torch.linalg.solve(gram, numerator.T).T
-    for address, (before, after) in edited_weights(sd1, result).items():
-        assert (after - reference[address]).abs().max() <= 1e-4 * (reference[address] - before).abs().max()
+    assert_matches(model64, result, reference)
 
 
 def test_locoedit_is_uces_pairing_on_the_chosen_layers_only(model64):
