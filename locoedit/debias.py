@@ -29,7 +29,7 @@ from localize.organism.world import COLORS
 from localize.scoring import ClipScorer
 from locoedit.cross_attention import PromptPair, Rows, pair_prompts, pair_rows, solve_projections
 from locoedit.edits import Edit, WeightUpdate
-from locoedit.methods import joined, uce_preserved
+from locoedit.methods import joined, preserved_rows, uce_kept
 from locoedit.prompts import as_list, augmented, check_choice, check_lam
 
 Classifier = Callable[[torch.Tensor], list[int]]  # images -> attribute index per image (-1: none of them)
@@ -151,7 +151,7 @@ def debias(model: Model, concept: str, attributes: Sequence[str], classify: Clas
     pairs = [[trimmed(pair, min(len(ps[i].source_positions) for ps in pairs)) for i, pair in enumerate(ps)]
              for ps in pairs]  # every attribute pairs the same concept positions
     attribute_rows = [pair_rows(model, ps) for ps in pairs]
-    preserved = uce_preserved(model, preserve, concepts, preserve_tokens, preserve_empty)[1]
+    preserved = preserved_rows(model, uce_kept(preserve, concepts, preserve_empty), preserve_tokens)
     seeds = list(seeds)
     if search == "authors":
         spans = [len(pair.source_positions) for pair in pairs[0]]
@@ -202,12 +202,8 @@ def authors_rounds(model: Model, step: Callable[[list[float]], dict[str, WeightU
             if gap <= tolerance or round_ == rounds:
                 break
             updates = step(weights)
-        for address, update in updates.items():
-            if address in total:
-                first = total[address]
-                update = WeightUpdate(torch.cat([first.up, update.up], 1), torch.cat([first.down, update.down]),
-                                      first.base_hash)
-            total[address] = update
+        for address, update in updates.items():  # each round's update was computed on the edited weights
+            total[address] = total[address].then(update) if address in total else update
     if not total:
         raise ValueError(f"debiasing found no edit: the measured split {history[0]['shares']} is already within "
                          f"{tolerance} of the target {split}")

@@ -94,6 +94,10 @@ class WeightUpdate:
         """Entries the update moves: rows with a nonzero `up` times columns with a nonzero `down`."""
         return int((self.up.abs().sum(1) > 0).sum()) * int((self.down.abs().sum(0) > 0).sum())
 
+    def then(self, other: WeightUpdate) -> WeightUpdate:
+        """This update plus `other`, as one exact low-rank update (factors concatenated) on this one's base."""
+        return WeightUpdate(torch.cat([self.up, other.up], 1), torch.cat([self.down, other.down]), self.base_hash)
+
     def edited(self, weight: torch.Tensor) -> torch.Tensor:
         work = torch.promote_types(weight.dtype, torch.float32)
         delta = self.up.to(weight.device, work) @ self.down.to(weight.device, work)
@@ -260,8 +264,7 @@ def compose(*edits: Edit) -> Edit:
             if first.base_hash != update.base_hash:
                 raise EditMismatchError(f"cannot compose: the edits saw different base weights for {address}; "
                                         "compose edits computed on the same model, or apply them one after another")
-            updates[address] = WeightUpdate(torch.cat([first.up, update.up], 1), torch.cat([first.down, update.down]),
-                                            first.base_hash)
+            updates[address] = first.then(update)
     return Edit("+".join(edit.method for edit in edits), families.pop(),
                 {"edits": [{"method": e.method, "params": e.params} for e in edits]}, updates,
                 sum(edit.seconds for edit in edits))

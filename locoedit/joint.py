@@ -23,9 +23,10 @@ from locoedit.methods import (
     MODERATIONS,
     check_strength,
     joined,
+    preserved_rows,
     solve_projections,
+    uce_kept,
     uce_preserve_scale,
-    uce_preserved,
     uce_rows,
 )
 from locoedit.prompts import augmented, check_choice, check_lam
@@ -64,12 +65,13 @@ def uce_joint(model: Model, erase: Sequence[str] = (), erase_guides: str | Seque
         edited += prompts
     if concept is not None:
         edited += augmented(concept, templates)
-    kept, preserved = uce_preserved(model, preserve, edited, preserve_tokens, preserve_empty)
+    kept = uce_kept(preserve, edited, preserve_empty)
     if preserve_scale is None:
         preserve_scale = uce_preserve_scale(len(kept)) if kept else 0.0
     held = joined(parts) if parts else None
     if concept is None:
-        return solve_projections(model, layers, held, lam, preserved, preserve_scale)
+        return solve_projections(model, layers, held, lam, preserved_rows(model, kept, preserve_tokens),
+                                 preserve_scale)
     return debias(model, concept, attributes, classify, split=split, templates=templates, seeds=seeds, steps=steps,
                   guidance=guidance, tolerance=tolerance, rounds=rounds, rate=rate, lam=lam, preserve=preserve,
                   preserve_scale=preserve_scale, layers=layers, preserve_tokens=preserve_tokens,

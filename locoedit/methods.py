@@ -38,8 +38,10 @@ def time(model: Model, source: str | Sequence[str], destination: str | Sequence[
 
 
 def preserved_rows(model: Model, kept: list[str], alignment: str) -> Rows | None:
-    """The kept prompts' rows (`preserved_prompts`) at the alignment's positions, each kept as it projects now
-    (None when there are none)."""
+    """The kept prompts' rows (`preserved_prompts`) at the alignment's positions (`PRESERVE_TOKENS`: every one of
+    the encoder's positions, the authors', or the last word and end span), each kept as it projects now (None
+    when there are none)."""
+    check_choice("preserve_tokens", alignment, PRESERVE_TOKENS)
     return pair_rows(model, pair_prompts(model, kept, kept, alignment)) if kept else None
 
 
@@ -79,15 +81,11 @@ def uce_preserve_scale(preserved: int) -> float:
     return max(0.1, 1 / max(preserved, 1))
 
 
-def uce_preserved(model: Model, preserve: Sequence[str], edited: Sequence[str], preserve_tokens: str,
-                  preserve_empty: bool) -> tuple[list[str], Rows | None]:
-    """UCE's preserved prompts (the empty prompt first when `preserve_empty`) and their rows: every one of the
-    encoder's positions (`preserve_tokens="all"`, the authors') or the last word and end span (`"final"`)."""
-    check_choice("preserve_tokens", preserve_tokens, PRESERVE_TOKENS)
+def uce_kept(preserve: Sequence[str], edited: Sequence[str], preserve_empty: bool) -> list[str]:
+    """UCE's preserved prompts: the empty prompt first when `preserve_empty` (the authors' `train_erase.py`),
+    then `preserve`; a prompt also edited is an error."""
     kept = preserved_prompts(preserve, edited)
-    if preserve_empty and "" not in kept:
-        kept = ["", *kept]
-    return kept, preserved_rows(model, kept, preserve_tokens)
+    return ["", *kept] if preserve_empty and "" not in kept else kept
 
 
 def uce_rows(model: Model, concepts: str | Sequence[str], guides: str | Sequence[str], strength: float,
@@ -149,7 +147,7 @@ def uce(model: Model, concepts: str | Sequence[str], guides: str | Sequence[str]
     check_choice("moderation", moderation, MODERATIONS)
     check_strength(mode, strength)
     src, rows = uce_rows(model, concepts, guides, strength, moderation, templates)
-    kept, preserved = uce_preserved(model, preserve, src, preserve_tokens, preserve_empty)
+    kept = uce_kept(preserve, src, preserve_empty)
     if preserve_scale is None:
         preserve_scale = uce_preserve_scale(len(kept)) if kept else 0.0
-    return solve_projections(model, layers, rows, lam, preserved, preserve_scale)
+    return solve_projections(model, layers, rows, lam, preserved_rows(model, kept, preserve_tokens), preserve_scale)

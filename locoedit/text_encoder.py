@@ -68,7 +68,8 @@ def adding(module: torch.nn.Module, add: tuple[torch.Tensor, list[int] | torch.T
 
 
 def encode_recording(model: Model, prompts: Sequence[str], module: torch.nn.Module,
-                     add: tuple[torch.Tensor, list[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     add: tuple[torch.Tensor, list[int] | torch.Tensor] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """(contexts N x tokens x features, `module`'s inputs N x tokens x in) for `prompts`, encoded as one batch by
     the family's own encoding, with `add` applied (`adding`)."""
     recorded = {}
