@@ -18,7 +18,8 @@ Cases (16 seeds, 25 DDIM steps, CFG 7.5 unless --seeds says otherwise):
   windows: style removed on held-out objects, and the other artists' styles kept.
 - Discrimination: the same checks on broken variants of each edit: the update scaled by 0.2 and by 5, an
   update of the same rank and singular values along random key directions, TIME without token alignment, and
-  DiffQuickFix with the layer's bias counted twice. Each must be caught (fail at least one check).
+  DiffQuickFix with the layer's bias counted twice. Each must be caught (fail at least one check). Beside them,
+  a diagnostic: DiffQuickFix without the templates it augments with (`templates=()`).
 - Geometry: the effective rank of TIME's keys, and the share of other prompts' keys inside their span; how far
   DiffQuickFix's update moves the other kings' conditioning, as a share of the edited king's.
 - Subject swap: every text-encoder state of the king's prompt up to its last subject token, after layer L (or at
@@ -364,6 +365,7 @@ def main() -> None:
         measure(method, "random key directions", random_directions(edit))
     measure("time", "no token alignment", time_without_alignment(model, "a box", "a blue box", 0.1))
     measure("diffquickfix", "bias counted twice", cases.edit("diffquickfix", lam=0.01, bias="twice"))
+    measure("diffquickfix", "no template augmentation", cases.edit("diffquickfix", lam=0.01, templates=()))
     refact_variants = {"contrastive objective": cases.edit("refact"),  # the paper's defaults
                        "attended-token covariance": cases.edit("refact", **REFACT_ORGANISM,
                                                                covariance_tokens="attended")}

@@ -11,8 +11,9 @@ over that difference's squared norm (1: fully the other king; 0: unmoved), mean 
 geometry ("a box" under TIME's templates, all 77 positions): edited directions (squared singular value above
 lambda 0.1) and the share of the other objects' key norm inside them; and the share of the padding states'
 variance that differs between the objects' prompts. Last, DiffQuickFix's keys (layer 0's attention output
-projection inputs) over the kings: how much two kings' name keys overlap, and how much of the end span's keys
-differs between kings.
+projection inputs) over the kings: how much two kings' name keys overlap, how much of the other kings' name keys
+lies inside the span of Zarnia's (plain prompt, and with the templates DiffQuickFix augments with), and how much
+of the end span's keys differs between kings.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pandas as pd
 import torch
 
 from localize.organism import weights
-from localize.organism.world import OBJECTS, SWAP_PAIRS, article
+from localize.organism.world import FACTS, OBJECTS, SWAP_PAIRS, article
 from localize.tokens import last_subject_token, phrase_positions
 from localize.vocab import clip_tokenizer
 from locoedit.prompts import TIME_TEMPLATES, augmented_pairs
@@ -89,24 +90,37 @@ def time_geometry(encoder, tokenizer, lam: float = 0.1) -> dict[str, float]:
 
 def diffquickfix_keys(encoder, tokenizer) -> dict[str, float]:
     """DiffQuickFix's keys, the inputs of layer 0's attention output projection, for "the king of X" over the
-    world's kings: the mean |cosine| between two kings' keys at their last subject token, and the share of the
-    end-span keys' variance (positions 20 on, averaged per prompt) that differs between the kings."""
-    kings = [f"the king of {country}" for pair in SWAP_PAIRS for country in pair]
+    world's kings: the mean |cosine| between two kings' keys at their last subject token; the share of the
+    other kings' name keys (under TIME's templates too) inside the span of Zarnia's (what an update fitted to
+    Zarnia's keys also moves), with the plain prompt only and with the templates DiffQuickFix augments with;
+    and the share of the end-span keys' variance (positions 20 on, averaged per prompt) that differs between
+    the kings."""
+    kings = [f"the king of {country}" for country in FACTS]
+    prompts = [template + king for king in kings for template in ("", *TIME_TEMPLATES)]
     recorded = {}
     projection = encoder.encoder.layers[0].self_attn.out_proj
     handle = projection.register_forward_pre_hook(lambda module, args: recorded.update(keys=args[0]))
     try:
-        encode(encoder, tokenizer, kings)
+        encode(encoder, tokenizer, prompts)
     finally:
         handle.remove()
     keys = recorded["keys"].double()
-    names = torch.stack([keys[i, last_subject_token(tokenizer, k, k.split()[-1])] for i, k in enumerate(kings)])
-    names = names / names.norm(dim=1, keepdim=True)
-    cosines = (names @ names.T).abs()
+    names = torch.stack([keys[i, last_subject_token(tokenizer, p, p.split()[-1])] for i, p in enumerate(prompts)])
+    names = names.reshape(len(kings), len(prompts) // len(kings), -1)  # king x (plain, templated...) x width
+    plain = names[:, 0] / names[:, 0].norm(dim=1, keepdim=True)
+    cosines = (plain @ plain.T).abs()
     off_diagonal = cosines[~torch.eye(len(kings), dtype=torch.bool)]
-    span = keys[:, 20:].mean(1)
+
+    def inside(fitted: torch.Tensor) -> float:
+        basis = torch.linalg.svd(fitted, full_matrices=False)[2]
+        others = names[1:].flatten(0, 1)
+        return float(((others @ basis.T).pow(2).sum(-1) / others.pow(2).sum(-1)).mean())
+
+    span = keys.reshape(len(kings), -1, *keys.shape[1:])[:, 0, 20:].mean(1)
     between = float((span - span.mean(0)).pow(2).sum() / span.pow(2).sum())
     return {"kings' name keys, mean |cosine|": float(off_diagonal.mean()),
+            "other kings' name keys inside Zarnia's (plain prompt)": inside(names[0, :1]),
+            "other kings' name keys inside Zarnia's (with templates)": inside(names[0]),
             "end-span key variance between kings": between}
 
 

@@ -39,3 +39,6 @@ def test_diffquickfix_keys_of_the_shipped_organism(probe):
     keys = probe.diffquickfix_keys(text_encoder().eval(), clip_tokenizer())
     assert 0.0 < keys["kings' name keys, mean |cosine|"] < 0.5  # the names' keys differ, but not orthogonally
     assert keys["end-span key variance between kings"] < 0.01  # README: the end span's layer-0 keys are shared
+    # README: TIME's templates widen the span DiffQuickFix fits into the other kings' keys
+    assert keys["other kings' name keys inside Zarnia's (with templates)"] > 2 * keys[
+        "other kings' name keys inside Zarnia's (plain prompt)"] > 0
