@@ -5,8 +5,15 @@
 (mean indirect effect, bootstrap CI); `localize trace` is the command-line job (`causal_tracing.job`).
 """
 
-from causal_tracing.effects import state_effects, summary_text
-from causal_tracing.states import State
-from causal_tracing.tracing import TraceSettings, Unit, trace
+from localize.lazy import lazy_exports
 
-__all__ = ["State", "TraceSettings", "Unit", "state_effects", "summary_text", "trace"]
+_EXPORTS = {
+    "State": "causal_tracing.states",
+    "TraceSettings": "causal_tracing.settings",
+    "Unit": "causal_tracing.settings",
+    "state_effects": "causal_tracing.effects",
+    "summary_text": "causal_tracing.effects",
+    "trace": "causal_tracing.tracing",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

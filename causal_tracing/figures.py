@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from causal_tracing.states import TOKEN_ROLES, UNET_KINDS
+from causal_tracing.settings import UNET_KINDS
+from causal_tracing.states import TOKEN_ROLES
 from localize.results import atomic_write
 
 

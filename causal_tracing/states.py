@@ -16,11 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from causal_tracing.settings import TEXT_KINDS, UNET_KINDS
 from localize.model import Model
 from localize.tokens import token_ids
 
-UNET_KINDS = ("resnet", "self_attn", "cross_attn", "ff")
-TEXT_KINDS = ("self_attn", "mlp")
 TOKEN_ROLES = ("start", "before", "attribute", "attribute_last", "after", "end", "padding")
 
 
@@ -45,15 +44,6 @@ class State:
     def key(self) -> str:
         """What effects are averaged over: the site, and for text states the token role."""
         return self.site if self.tokens is None else f"{self.site}@{self.token_role}"
-
-
-def check_kinds(unet_kinds, text_kinds) -> None:
-    for given, valid, what in ((unet_kinds, UNET_KINDS, "UNet"), (text_kinds, TEXT_KINDS, "text-encoder")):
-        unknown = [kind for kind in given if kind not in valid]
-        if unknown:
-            raise ValueError(f"unknown {what} state kind(s) {unknown}; valid: {', '.join(valid)}")
-    if not list(unet_kinds) and not list(text_kinds):
-        raise ValueError("no state kind to trace: give at least one UNet or text-encoder kind")
 
 
 def unet_states(model: Model, kinds=UNET_KINDS) -> list[State]:

@@ -19,12 +19,12 @@ score and `generated` False (`unreached`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import pandas as pd
 
 from causal_tracing.corruption import attribute_positions, corruption_patches, noise_stds
-from causal_tracing.states import State, check_kinds, text_states, token_roles, unet_states
+from causal_tracing.settings import TraceSettings, Unit, check_kinds
+from causal_tracing.states import State, text_states, token_roles, unet_states
 from localize.batching import PackedUnit, RowPatches, score_packed
 from localize.families import TEXT_ENCODER_ARCHS
 from localize.generation import generate
@@ -34,43 +34,6 @@ from localize.scoring import ClipScorer
 from localize.tokens import token_ids
 
 Restoration = tuple[State, ...]  # states restored together in one row; () is the corrupted run
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One prompt x seed. `attribute`: the phrase of `prompt` that is corrupted; `text`: what images are scored
-    against (CLIP score = 100 * max(cos, 0), see `localize.scoring`)."""
-
-    prompt: str
-    attribute: str
-    text: str
-    seed: int
-
-
-@dataclass(frozen=True)
-class TraceSettings:
-    """`step_range`: (start, stop) denoising-step indices where UNet states are restored (all steps if None).
-    `min_drop`: units whose corruption lowers the clean score by less than this (CLIP points) get no indirect
-    effect (its denominator would be noise)."""
-
-    steps: int = 25
-    guidance: float = 7.5
-    noise_scale: float = 3.0
-    noise_std: float | None = None
-    step_range: tuple[int, int] | None = None
-    batch_size: int = 64
-    min_drop: float = 1.0
-
-    def check(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (a clean row and a restored row), got {self.batch_size}")
-        if self.step_range is not None:
-            start, stop = self.step_range
-            if not 0 <= start < stop <= self.steps:
-                raise ValueError(f"step range {list(self.step_range)} outside the schedule of {self.steps} steps: "
-                                 f"need 0 <= start < stop <= {self.steps}")
 
 
 def restore_patches(restoration: Restoration, row: int, clean_row: int, settings: TraceSettings) -> list[Patch]:

@@ -1,20 +1,18 @@
 """localize: find where knowledge lives inside text-to-image diffusion models, and edit it."""
 
-from localize.engine import PatchRun, patching
-from localize.generation import generate
-from localize.model import CrossAttentionLayer, Model, TextEncoderLayer, UNetComponent, load_model
-from localize.patches import Patch
-from localize.random_models import random_model
+from localize.lazy import lazy_exports
 
-__all__ = [
-    "CrossAttentionLayer",
-    "Model",
-    "Patch",
-    "PatchRun",
-    "TextEncoderLayer",
-    "UNetComponent",
-    "generate",
-    "load_model",
-    "patching",
-    "random_model",
-]
+_EXPORTS = {
+    "CrossAttentionLayer": "localize.model",
+    "Model": "localize.model",
+    "Patch": "localize.patches",
+    "PatchRun": "localize.engine",
+    "TextEncoderLayer": "localize.model",
+    "UNetComponent": "localize.model",
+    "generate": "localize.generation",
+    "load_model": "localize.model",
+    "patching": "localize.engine",
+    "random_model": "localize.random_models",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

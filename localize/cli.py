@@ -4,7 +4,9 @@ A job with a positional key takes a bare first argument for it: `localize report
 with no `=`, or an existing path such as a sweep job's `.../prompts=styles`). Run directories:
 `conf/hydra/output/localize.yaml`; in a sweep, a job whose directory already holds its finished results for the
 same config (`progress` aside) is skipped, so re-running an interrupted sweep with its `hydra.sweep.dir` redoes only
-the rest. A job that runs first removes what the previous run in its directory wrote (`localize.results`).
+the rest. A job that runs first removes what the previous run in its directory wrote (`localize.results`). A single
+run's config is composed and checked (`Job.check`) before Hydra creates its run directory, so a bad key or value
+is an error that writes nothing.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from localize.config import register_configs
 from localize.jobs import job_names, load_jobs
@@ -44,6 +49,20 @@ def finished(cfg: DictConfig, out_dir: Path) -> bool:
             and _compared(OmegaConf.load(config)) == _compared(cfg))
 
 
+def _is_hydra_override(override: str) -> bool:
+    return override.lstrip("+~").startswith(("hydra.", "hydra/"))
+
+
+def check_before_running(name: str, job, overrides: list[str]) -> None:
+    """Compose the job's config from `overrides` and check it before Hydra creates a run directory or anything
+    loads (a single run; a sweep's jobs check their own configs). Exits with the error naming the bad value."""
+    with initialize_config_module(config_module="localize.conf", version_base="1.3"):
+        try:
+            job.check(compose(config_name=name, overrides=[o for o in overrides if not _is_hydra_override(o)]))
+        except (HydraException, OmegaConfBaseException, ValueError, TypeError) as error:
+            sys.exit(f"localize {name}: {error}")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     names = job_names()
@@ -57,12 +76,15 @@ def main(argv: list[str] | None = None) -> None:
     bare = len(argv) > 1 and not argv[1].startswith("-") and ("=" not in argv[1] or Path(argv[1]).exists())
     if positional and bare:
         argv[1] = f"{positional}={quoted(argv[1])}"
+    if not any(arg.startswith("-") for arg in argv[1:]):  # not a sweep (-m), --cfg, --help, ...
+        check_before_running(name, jobs[name], argv[1:])
 
     def run(cfg: DictConfig) -> None:
         out_dir = Path(HydraConfig.get().runtime.output_dir)
         if HydraConfig.get().mode == RunMode.MULTIRUN and finished(cfg, out_dir):
             print(f"skipping {out_dir}: finished with this config (its results.parquet exists)")
             return
+        jobs[name].check(cfg)  # before anything in out_dir changes
         with fresh_outputs(out_dir):
             jobs[name].run(cfg, out_dir)
 

@@ -3,9 +3,17 @@
 `edit(model, method, **params) -> Edit`; `Edit.apply`, `revert`, `save`, `to_lora`; `load_edit`, `compose`.
 """
 
-from locoedit.api import METHODS, edit
-from locoedit.edits import Edit, EditMismatchError, compose, load_edit
-from locoedit.solver import IllConditionedError, RidgeProblem
+from localize.lazy import lazy_exports
 
-__all__ = ["METHODS", "Edit", "EditMismatchError", "IllConditionedError", "RidgeProblem", "compose", "edit",
-           "load_edit"]
+_EXPORTS = {
+    "METHODS": "locoedit.api",
+    "Edit": "locoedit.edits",
+    "EditMismatchError": "locoedit.edits",
+    "IllConditionedError": "locoedit.solver",
+    "RidgeProblem": "locoedit.solver",
+    "compose": "locoedit.edits",
+    "edit": "locoedit.api",
+    "load_edit": "locoedit.edits",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

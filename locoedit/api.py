@@ -50,16 +50,31 @@ def _jsonable(value):
         return repr(value)
 
 
-def edit(model: Model, method: str, **params) -> Edit:
-    """Compute a `method` edit (time, uce, locoedit, diffquickfix, refact, neurons) of `model` with `params`; the
-    model's weights are not changed (`Edit.apply` does that). Unknown parameters are an error."""
+def check_params(method: str, params: dict, given: tuple[str, ...] = ()) -> inspect.Signature:
+    """Before any model loads: `method` is known, every parameter name is one it takes, and none it needs is
+    missing (`given`: names the caller supplies later, e.g. an evaluation's per-case source and destination).
+    Returns the method's signature."""
     if method not in METHODS:
         raise ValueError(f"unknown edit method {method!r}; valid: {', '.join(METHODS)}")
+    if method == "uce" and "mode" in params:
+        check_choice("UCE mode", params["mode"], (*methods.UCE_MODES, *UCE_FUNCTIONS))
     signature = _signature(method, params)
     valid = [name for name in signature.parameters if name != "model"]
     unknown = sorted(set(params) - set(valid) - ({"mode"} if method == "uce" else set()))
     if unknown:
         raise TypeError(f"{method} takes no parameter(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    missing = [name for name, p in signature.parameters.items() if name != "model" and p.default is p.empty
+               and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name not in params and name not in given]
+    if missing:
+        raise TypeError(f"{method} needs parameter(s) {', '.join(missing)}")
+    return signature
+
+
+def edit(model: Model, method: str, **params) -> Edit:
+    """Compute a `method` edit (time, uce, locoedit, diffquickfix, refact, neurons) of `model` with `params`; the
+    model's weights are not changed (`Edit.apply` does that). Unknown parameters are an error."""
+    signature = check_params(method, params)
+    valid = [name for name in signature.parameters if name != "model"]
     bound = signature.bind_partial(model, **{k: v for k, v in params.items() if k in valid})
     bound.apply_defaults()
     recorded = {name: _jsonable(value) for name, value in bound.arguments.items() if name != "model"}

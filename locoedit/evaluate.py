@@ -21,53 +21,27 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from localize.config import ScoredJobConfig
 from localize.data import load_dataset
 from localize.figures import before_after_grid
 from localize.generation import generate_batches
-from localize.jobs import Job
 from localize.loading import model_from_config, scorer_from_config
 from localize.metrics import mean_intervals, oracle_success, zero_shot_success
 from localize.organism.oracle import read_images
 from localize.results import atomic_write, write_results
-from localize.stats import check_interval_settings
-from locoedit.api import METHODS, edit
+from locoedit.api import edit
+from locoedit.job import EDIT_FORMATS
 
-EDIT_FORMATS = ("timed", "road")  # one edit per case
 SHOWN = 12  # the most images per row of images.png
 Classifier = Callable[[torch.Tensor], list[str]]
-
-
-@dataclass
-class DatasetConfig:
-    """`format` in timed, road, prompts, imagenette; `path` to the file (`${shipped:NAME}` for the lab's own);
-    `cases`: which cases to run (the `case` column: row number, or `case_number`); None runs all."""
-
-    format: str = "timed"
-    path: str = MISSING
-    cases: list[int] | None = None
-
-
-@dataclass
-class EvaluateJob(ScoredJobConfig):
-    """`edit`: the edit method evaluated (time, uce, locoedit, diffquickfix, refact, neurons; null: none) with
-    `params`; `classifier` (imagenette): `organism` (the oracle's shape) or `module:function` mapping images
-    (N x C x H x W in [0, 1]) to class names."""
-
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    edit: str | None = "time"
-    params: dict[str, Any] = field(default_factory=dict)
-    classifier: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,16 +114,6 @@ def measure(model, scorer, images: torch.Tensor, probes: list[Probe], classify: 
                      ignore_index=True)
 
 
-def _check(cfg: DictConfig) -> None:
-    if cfg.edit is not None and cfg.edit not in METHODS:
-        raise ValueError(f"unknown edit method {cfg.edit!r}; valid: {', '.join(METHODS)} (or null: no edit)")
-    if not cfg.seeds and cfg.dataset.format in EDIT_FORMATS:
-        raise ValueError("seeds is empty: give at least one seed")
-    if cfg.batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
-    check_interval_settings(cfg.confidence, cfg.resamples)
-
-
 def _selected(table: pd.DataFrame, cases: list[int] | None) -> pd.DataFrame:
     if table.empty:
         raise ValueError("the dataset file has no rows")
@@ -172,7 +136,6 @@ def shown(probes: list[Probe]) -> list[int]:
 
 
 def run_evaluate(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
-    _check(cfg)
     table = _selected(load_dataset(cfg.dataset.format, cfg.dataset.path), cfg.dataset.cases)
     params = OmegaConf.to_container(cfg.params, resolve=True)
     classify = load_classifier(cfg.classifier)
@@ -234,5 +197,3 @@ def summary_text(cfg: DictConfig, metrics: pd.DataFrame, edits: list[dict]) -> s
     return (f"evaluate {cfg.dataset.format} {cfg.dataset.path} on {cfg.model.name_or_path}: {edited}{seconds}\n"
             f"mean [{round(100 * cfg.confidence)}% CI] per image\n{wide.to_string()}\n")
 
-
-JOB = Job(EvaluateJob, run_evaluate)

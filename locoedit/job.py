@@ -1,31 +1,21 @@
-"""`localize edit`: compute one closed-form edit, save it (and its LoRA), and show what it does.
-
-Writes into the job's output directory: `edit.safetensors` (`locoedit.load_edit`), `lora.safetensors` (with
-`lora=true`), `images.png` (each evaluation prompt x seed before and after the edit), `summary.txt` (the edit's
-report: wall time, parameters changed, rank), and `results.parquet`: one row per prompt x seed x phase
-(`before` / `after`) with the organism oracle's reading (shape, color, texture) on the organism, else the CLIP
-score of the image against its prompt; config values as columns.
+"""`localize edit` and `localize evaluate`: their config schemas and checks, importable without torch (the command
+line checks a config before any model loads); the runs themselves, and what they write: `locoedit.run` (edit)
+and `locoedit.evaluate`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-from localize.config import ModelConfig, ScorerConfig
-from localize.figures import before_after_grid
-from localize.generation import generate
+from localize.config import ModelConfig, ScoredJobConfig, ScorerConfig
 from localize.jobs import Job
-from localize.loading import model_from_config, scorer_from_config
-from localize.model import Model
-from localize.organism.oracle import read_images
-from localize.results import atomic_write, write_results
-from locoedit.api import METHODS, edit
-from locoedit.debias import clip_classifier, organism_classifier
+from localize.stats import check_interval_settings
+
+EDIT_FORMATS = ("timed", "road")  # one edit per case
+INJECTED = {"debias": ("classify",), "joint": ("classify",)}  # UCE mode -> parameters the edit job supplies
 
 
 @dataclass
@@ -45,53 +35,58 @@ class EditJob:
     progress: bool = True
 
 
-def _readings(model: Model, scorer, images, prompts: list[str]) -> pd.DataFrame:
-    if model.family == "organism":
-        return read_images(images)
-    return pd.DataFrame({"clip_score": scorer.score(images, prompts).cpu().numpy()})
+@dataclass
+class DatasetConfig:
+    """`format` in timed, road, prompts, imagenette; `path` to the file (`${shipped:NAME}` for the lab's own);
+    `cases`: which cases to run (the `case` column: row number, or `case_number`); None runs all."""
+
+    format: str = "timed"
+    path: str = MISSING
+    cases: list[int] | None = None
 
 
-def run_edit(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown edit method {cfg.method!r}; valid: {', '.join(METHODS)}")
-    params = OmegaConf.to_container(cfg.params, resolve=True)
-    model = model_from_config(cfg.model)
-    debiasing = cfg.method == "uce" and params.get("mode") in ("debias", "joint") and params.get("attributes")
-    scorer = scorer_from_config(cfg.scorer, model.device) if model.family != "organism" or debiasing else None
-    if debiasing:
-        attributes = list(params.get("attributes", []))
-        params["classify"] = (organism_classifier(attributes) if model.family == "organism"
-                              else clip_classifier(scorer, attributes))
-    result = edit(model, cfg.method, **params)
-    result.save(out_dir / "edit.safetensors")
-    if cfg.lora:
-        result.to_lora(out_dir / "lora.safetensors")
-    report = result.report(model)
-    table = pd.DataFrame([report])
-    if cfg.evaluate:
-        prompts = [p for p in cfg.evaluate for _ in cfg.seeds]
-        seeds = [s for _ in cfg.evaluate for s in cfg.seeds]
-        run = lambda: generate(model, prompts, seeds, cfg.steps, cfg.guidance, progress=cfg.progress)  # noqa: E731
-        before = run()
-        with result.applied(model):
-            after = run()
-        rows = []
-        for phase, images in (("before", before), ("after", after)):
-            rows.append(_readings(model, scorer, images, prompts).assign(prompt=prompts, seed=seeds, phase=phase))
-        table = pd.concat(rows, ignore_index=True).assign(**{k: v for k, v in report.items() if k != "method"})
-        before_after_grid(before, after, prompts, seeds, out_dir / "images.png")
-    lines = [f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in report.items()]
-    if result.info:
-        lines.append(f"info: {result.info}")
-    if cfg.evaluate and model.family == "organism":
-        wide = table.pivot_table(index="prompt", columns="phase", values="color",
-                                 aggfunc=lambda c: ", ".join(f"{k} {v}" for k, v in c.value_counts().items()))
-        lines.append("oracle colors by prompt:\n" + wide.to_string())
-    summary = "\n".join(lines) + "\n"
-    print(summary)
-    atomic_write(out_dir / "summary.txt", lambda tmp: tmp.write_text(summary))
-    write_results(table, cfg, out_dir)
-    return table
+@dataclass
+class EvaluateJob(ScoredJobConfig):
+    """`edit`: the edit method evaluated (time, uce, locoedit, diffquickfix, refact, neurons; null: none) with
+    `params`; `classifier` (imagenette): `organism` (the oracle's shape) or `module:function` mapping images
+    (N x C x H x W in [0, 1]) to class names."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    edit: str | None = "time"
+    params: dict[str, Any] = field(default_factory=dict)
+    classifier: str | None = None
 
 
-JOB = Job(EditJob, run_edit)
+def check_edit_params(method: str, params: DictConfig, given: tuple[str, ...] = ()) -> None:
+    """The method's parameter names (`locoedit.api.check_params`; imported here, when an edit config is checked,
+    because the method table imports torch)."""
+    from locoedit.api import check_params
+
+    params = OmegaConf.to_container(params, resolve=True)
+    injected = INJECTED.get(params.get("mode"), ()) if method == "uce" else ()
+    check_params(method, params, given=(*given, *injected))
+
+
+def check_edit(cfg: DictConfig) -> None:
+    if cfg.steps < 1:
+        raise ValueError(f"steps must be >= 1, got {cfg.steps}")
+    if cfg.evaluate and not cfg.seeds:
+        raise ValueError("seeds is empty: give at least one seed to generate the evaluation prompts with")
+    check_edit_params(cfg.method, cfg.params)
+
+
+def check_evaluate(cfg: DictConfig) -> None:
+    if not cfg.seeds and cfg.dataset.format in EDIT_FORMATS:
+        raise ValueError("seeds is empty: give at least one seed")
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    check_interval_settings(cfg.confidence, cfg.resamples)
+    if cfg.steps < 1:
+        raise ValueError(f"steps must be >= 1, got {cfg.steps}")
+    if cfg.edit is not None:
+        given = ("source", "destination") if cfg.dataset.format in EDIT_FORMATS else ()
+        check_edit_params(cfg.edit, cfg.params, given)
+
+
+EDIT_JOB = Job(EditJob, "locoedit.run:run_edit", check=check_edit)
+EVALUATE_JOB = Job(EvaluateJob, "locoedit.evaluate:run_evaluate", check=check_evaluate)

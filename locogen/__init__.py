@@ -2,11 +2,17 @@
 
 `search(model, scorer, units, settings)` scores every window of m consecutive cross-attention layers (rows of
 batches); `window_summary` aggregates over units and marks the chosen window; `localize locogen` is the
-command-line job (`locogen.job`).
+command-line job (`locogen.job`). The windows themselves: `locogen.windows.windows`.
 """
 
-from locogen.curves import window_summary
-from locogen.layer_search import SearchSettings, Unit, make_units, search
-from locogen.windows import windows
+from localize.lazy import lazy_exports
 
-__all__ = ["SearchSettings", "Unit", "make_units", "search", "window_summary", "windows"]
+_EXPORTS = {
+    "SearchSettings": "locogen.settings",
+    "Unit": "locogen.layer_search",
+    "make_units": "locogen.layer_search",
+    "search": "locogen.layer_search",
+    "window_summary": "locogen.curves",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -13,7 +13,6 @@ raises it most). CLIP score = 100 * max(cos, 0) (see `localize.scoring`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import pandas as pd
 
@@ -22,50 +21,8 @@ from localize.generation import generate
 from localize.model import Model
 from localize.scoring import ClipScorer
 from localize.tokens import token_ids
+from locogen.settings import SearchSettings, Unit
 from locogen.windows import cross_attention_context, window_patches, window_replace_patches, windows
-
-OBJECTIVES = ("lower", "raise")
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One prompt x seed: the original `prompt`, its `altered` counterpart, the `text` images are scored against."""
-
-    prompt: str
-    altered: str
-    text: str
-    seed: int
-
-
-def make_units(prompts: Sequence[str], altered: Sequence[str], texts: Sequence[str], seeds: Sequence[int]
-               ) -> list[Unit]:
-    """Every (prompt, altered prompt, scored text) with every seed; the three lists must line up."""
-    if not (len(prompts) == len(altered) == len(texts)):
-        raise ValueError(f"the prompt lists must have one entry each: {len(prompts)} prompts, {len(altered)} "
-                         f"altered prompts, {len(texts)} texts")
-    if not prompts:
-        raise ValueError("no prompt to search with: the prompt set is empty")
-    if not seeds:
-        raise ValueError("seeds is empty: give at least one seed")
-    return [Unit(p, a, t, int(seed)) for p, a, t in zip(prompts, altered, texts, strict=True) for seed in seeds]
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    m: int = 2
-    steps: int = 25
-    guidance: float = 7.5
-    batch_size: int = 64
-    objective: str = "lower"
-
-    def check(self, model: Model) -> None:
-        windows(len(model.cross_attention_layers), self.m)
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (the altered row and a window row), got {self.batch_size}")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; valid: {', '.join(OBJECTIVES)}")
 
 
 def _check_units(model: Model, units: Sequence[Unit]) -> None:
@@ -81,7 +38,7 @@ def batched_window_scores(
     model: Model, scorer: ClipScorer, units: Sequence[Unit], settings: SearchSettings, progress: bool = False
 ) -> tuple[list[float], list[float], list[list[float]]]:
     """Scores of each unit's altered prompt, original prompt, and original with each window altered."""
-    settings.check(model)
+    settings.check(len(model.cross_attention_layers))
     _check_units(model, units)
     all_windows = windows(len(model.cross_attention_layers), settings.m)
     rows = [_untouched, *(_window_rows(window) for window in all_windows)]
@@ -102,7 +59,7 @@ def _window_rows(window: tuple[int, ...]) -> RowPatches:
 def serial_window_scores(model: Model, scorer: ClipScorer, unit: Unit, settings: SearchSettings) -> list[float]:
     """What the reference does: the altered prompt's conditioning computed once, then one generation per window
     with the window layers' conditioning replaced (conditional half)."""
-    settings.check(model)
+    settings.check(len(model.cross_attention_layers))
     context = cross_attention_context(model, unit.altered)
     scores = []
     for window in windows(len(model.cross_attention_layers), settings.m):

@@ -28,9 +28,7 @@ from localize.generation import image_size, vae_scale
 from localize.model import Model
 from localize.patches import Patch
 from localize.scoring import ClipScorer
-
-PROJECTIONS = ("to_k", "to_v")
-ABLATIONS = ("mean", "zero")
+from locogen.settings import PROJECTIONS, NeuronSettings, check_prompt_counts
 
 
 @dataclass(frozen=True)
@@ -43,30 +41,6 @@ class Neuron:
 def default_ks(candidates: int) -> tuple[int, ...]:
     """Powers of two below the candidate count, then the count itself (every neuron ablated)."""
     return (*(2**i for i in range(candidates.bit_length()) if 2**i < candidates), candidates)
-
-
-@dataclass(frozen=True)
-class NeuronSettings:
-    """`ks`: the neuron counts to ablate (None: `default_ks` of the candidates)."""
-
-    ks: tuple[int, ...] | None = None
-    projections: tuple[str, ...] = PROJECTIONS
-    ablation: str = "mean"
-    random_draws: int = 3
-    steps: int = 25
-    guidance: float = 7.5
-    batch_size: int = 64
-
-    def check(self) -> None:
-        unknown = [p for p in self.projections if p not in PROJECTIONS]
-        if unknown or not self.projections:
-            raise ValueError(f"projections {list(self.projections)}: give one or more of {', '.join(PROJECTIONS)}")
-        if self.ablation not in ABLATIONS:
-            raise ValueError(f"unknown ablation {self.ablation!r}; valid: {', '.join(ABLATIONS)}")
-        if self.ks is not None and (not self.ks or any(k < 1 for k in self.ks)):
-            raise ValueError(f"ks must be a non-empty list of positive neuron counts, got {list(self.ks)}")
-        if self.random_draws < 1:
-            raise ValueError(f"random_draws must be >= 1, got {self.random_draws}")
 
 
 @torch.no_grad()
@@ -109,12 +83,6 @@ class NeuronScores:
     def top(self, k: int) -> list[Neuron]:
         order = np.argsort(-np.abs(self.t), kind="stable")
         return [self.neurons[i] for i in order[:k]]
-
-
-def check_prompt_counts(attribute_prompts: Sequence[str], neutral_prompts: Sequence[str]) -> None:
-    if len(set(attribute_prompts)) < 2 or len(set(neutral_prompts)) < 2:
-        raise ValueError(f"need at least two distinct attribute and two distinct neutral prompts for Welch's t; got "
-                         f"{len(set(attribute_prompts))} and {len(set(neutral_prompts))}")
 
 
 def score_neurons(model: Model, layers: Sequence[int], attribute_prompts: Sequence[str],

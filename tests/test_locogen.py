@@ -8,7 +8,8 @@ import torch
 import localize.batching
 from localize import patching
 from locogen.curves import window_summary
-from locogen.layer_search import SearchSettings, Unit, batched_window_scores, make_units, search, serial_window_scores
+from locogen.layer_search import batched_window_scores, search, serial_window_scores
+from locogen.settings import SearchSettings, Unit, make_units
 from locogen.windows import window_patches, windows
 
 APPLE = Unit("a photo of an apple", "a photo of a box", "an apple", 3)

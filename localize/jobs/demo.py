@@ -130,7 +130,9 @@ def headline(job: str, run: Path) -> str:
     return (run / "summary.txt").read_text().splitlines()[0] if (run / "summary.txt").exists() else ""
 
 
-def run_demo(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
+def check_demo(cfg: DictConfig) -> None:
+    """The stages' jobs and names; each stage's config, composed as it will run, checked by its job (a stage
+    with `inputs` is checked when an earlier stage has written them)."""
     if not cfg.stages:
         raise ValueError("the demo has no stages")
     jobs = load_jobs()
@@ -141,6 +143,17 @@ def run_demo(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     names = [stage.name for stage in cfg.stages]
     if len(set(names)) != len(names):
         raise ValueError(f"stage names must be distinct, got {names}")
+    with _hydra_ready():
+        for stage in cfg.stages:
+            if not stage.inputs:
+                try:
+                    jobs[stage.job].check(compose(config_name=stage.job, overrides=[*stage.overrides, *cfg.common]))
+                except ValueError as error:
+                    raise ValueError(f"stage {stage.name!r}: {error}") from None
+
+
+def run_demo(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
+    jobs = load_jobs()
     rows = []
     with _hydra_ready():
         for stage in cfg.stages:
@@ -163,4 +176,4 @@ def run_demo(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     return table
 
 
-JOB = Job(DemoJob, run_demo)
+JOB = Job(DemoJob, "localize.jobs.demo:run_demo", check=check_demo)

@@ -33,4 +33,4 @@ def run_report(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     return table
 
 
-JOB = Job(ReportJob, run_report, positional="run_dir")
+JOB = Job(ReportJob, "localize.jobs.report:run_report", positional="run_dir")

@@ -1,0 +1,55 @@
+"""Causal tracing's units, settings and their checks, importable without torch: the command line checks a config
+with them before any model loads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+UNET_KINDS = ("resnet", "self_attn", "cross_attn", "ff")
+TEXT_KINDS = ("self_attn", "mlp")
+
+
+def check_kinds(unet_kinds, text_kinds) -> None:
+    for given, valid, what in ((unet_kinds, UNET_KINDS, "UNet"), (text_kinds, TEXT_KINDS, "text-encoder")):
+        unknown = [kind for kind in given if kind not in valid]
+        if unknown:
+            raise ValueError(f"unknown {what} state kind(s) {unknown}; valid: {', '.join(valid)}")
+    if not list(unet_kinds) and not list(text_kinds):
+        raise ValueError("no state kind to trace: give at least one UNet or text-encoder kind")
+
+
+@dataclass(frozen=True)
+class TraceSettings:
+    """`step_range`: (start, stop) denoising-step indices where UNet states are restored (all steps if None).
+    `min_drop`: units whose corruption lowers the clean score by less than this (CLIP points) get no indirect
+    effect (its denominator would be noise)."""
+
+    steps: int = 25
+    guidance: float = 7.5
+    noise_scale: float = 3.0
+    noise_std: float | None = None
+    step_range: tuple[int, int] | None = None
+    batch_size: int = 64
+    min_drop: float = 1.0
+
+    def check(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (a clean row and a restored row), got {self.batch_size}")
+        if self.step_range is not None:
+            start, stop = self.step_range
+            if not 0 <= start < stop <= self.steps:
+                raise ValueError(f"step range {list(self.step_range)} outside the schedule of {self.steps} steps: "
+                                 f"need 0 <= start < stop <= {self.steps}")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One prompt x seed. `attribute`: the phrase of `prompt` that is corrupted; `text`: what images are scored
+    against (CLIP score = 100 * max(cos, 0), see `localize.scoring`)."""
+
+    prompt: str
+    attribute: str
+    text: str
+    seed: int

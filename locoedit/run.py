@@ -1,0 +1,75 @@
+"""`localize edit`'s run (its config and checks: `locoedit.job`).
+
+Writes into the job's output directory: `edit.safetensors` (`locoedit.load_edit`), `lora.safetensors` (with
+`lora=true`), `images.png` (each evaluation prompt x seed before and after the edit), `summary.txt` (the edit's
+report: wall time, parameters changed, rank), and `results.parquet`: one row per prompt x seed x phase
+(`before` / `after`) with the organism oracle's reading (shape, color, texture) on the organism, else the CLIP
+score of the image against its prompt; config values as columns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from localize.figures import before_after_grid
+from localize.generation import generate
+from localize.loading import model_from_config, scorer_from_config
+from localize.model import Model
+from localize.organism.oracle import read_images
+from localize.results import atomic_write, write_results
+from localize.tokens import token_ids
+from locoedit.api import edit
+from locoedit.debias import clip_classifier, organism_classifier
+
+
+def _readings(model: Model, scorer, images, prompts: list[str]) -> pd.DataFrame:
+    if model.family == "organism":
+        return read_images(images)
+    return pd.DataFrame({"clip_score": scorer.score(images, prompts).cpu().numpy()})
+
+
+def run_edit(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
+    params = OmegaConf.to_container(cfg.params, resolve=True)
+    model = model_from_config(cfg.model)
+    for prompt in cfg.evaluate:  # before the edit is computed and saved
+        for tokenizer in model.tokenizers:
+            token_ids(tokenizer, prompt, limit=model.spec.max_tokens)
+    debiasing = cfg.method == "uce" and params.get("mode") in ("debias", "joint") and params.get("attributes")
+    scorer = scorer_from_config(cfg.scorer, model.device) if model.family != "organism" or debiasing else None
+    if debiasing:
+        attributes = list(params.get("attributes", []))
+        params["classify"] = (organism_classifier(attributes) if model.family == "organism"
+                              else clip_classifier(scorer, attributes))
+    result = edit(model, cfg.method, **params)
+    result.save(out_dir / "edit.safetensors")
+    if cfg.lora:
+        result.to_lora(out_dir / "lora.safetensors")
+    report = result.report(model)
+    table = pd.DataFrame([report])
+    if cfg.evaluate:
+        prompts = [p for p in cfg.evaluate for _ in cfg.seeds]
+        seeds = [s for _ in cfg.evaluate for s in cfg.seeds]
+        run = lambda: generate(model, prompts, seeds, cfg.steps, cfg.guidance, progress=cfg.progress)  # noqa: E731
+        before = run()
+        with result.applied(model):
+            after = run()
+        rows = []
+        for phase, images in (("before", before), ("after", after)):
+            rows.append(_readings(model, scorer, images, prompts).assign(prompt=prompts, seed=seeds, phase=phase))
+        table = pd.concat(rows, ignore_index=True).assign(**{k: v for k, v in report.items() if k != "method"})
+        before_after_grid(before, after, prompts, seeds, out_dir / "images.png")
+    lines = [f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in report.items()]
+    if result.info:
+        lines.append(f"info: {result.info}")
+    if cfg.evaluate and model.family == "organism":
+        wide = table.pivot_table(index="prompt", columns="phase", values="color",
+                                 aggfunc=lambda c: ", ".join(f"{k} {v}" for k, v in c.value_counts().items()))
+        lines.append("oracle colors by prompt:\n" + wide.to_string())
+    summary = "\n".join(lines) + "\n"
+    print(summary)
+    atomic_write(out_dir / "summary.txt", lambda tmp: tmp.write_text(summary))
+    write_results(table, cfg, out_dir)
+    return table

@@ -1,0 +1,85 @@
+"""LOCOGEN's units, settings and their checks, importable without torch: the command line checks a config with
+them before any model loads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+OBJECTIVES = ("lower", "raise")
+PROJECTIONS = ("to_k", "to_v")
+ABLATIONS = ("mean", "zero")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One prompt x seed: the original `prompt`, its `altered` counterpart, the `text` images are scored against."""
+
+    prompt: str
+    altered: str
+    text: str
+    seed: int
+
+
+def make_units(prompts: Sequence[str], altered: Sequence[str], texts: Sequence[str], seeds: Sequence[int]
+               ) -> list[Unit]:
+    """Every (prompt, altered prompt, scored text) with every seed; the three lists must line up."""
+    if not (len(prompts) == len(altered) == len(texts)):
+        raise ValueError(f"the prompt lists must have one entry each: {len(prompts)} prompts, {len(altered)} "
+                         f"altered prompts, {len(texts)} texts")
+    if not prompts:
+        raise ValueError("no prompt to search with: the prompt set is empty")
+    if not seeds:
+        raise ValueError("seeds is empty: give at least one seed")
+    return [Unit(p, a, t, int(seed)) for p, a, t in zip(prompts, altered, texts, strict=True) for seed in seeds]
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    m: int = 2
+    steps: int = 25
+    guidance: float = 7.5
+    batch_size: int = 64
+    objective: str = "lower"
+
+    def check(self, n_layers: int | None = None) -> None:
+        """The settings alone; with `n_layers` (the model's cross-attention layers) the window size too."""
+        if not isinstance(self.m, int) or self.m < 1 or (n_layers is not None and self.m > n_layers):
+            upper = n_layers if n_layers is not None else "the model's cross-attention layers"
+            raise ValueError(f"window size m={self.m!r} must be an integer in 1..{upper}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (the altered row and a window row), got {self.batch_size}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; valid: {', '.join(OBJECTIVES)}")
+
+
+@dataclass(frozen=True)
+class NeuronSettings:
+    """`ks`: the neuron counts to ablate (None: `default_ks` of the candidates)."""
+
+    ks: tuple[int, ...] | None = None
+    projections: tuple[str, ...] = PROJECTIONS
+    ablation: str = "mean"
+    random_draws: int = 3
+    steps: int = 25
+    guidance: float = 7.5
+    batch_size: int = 64
+
+    def check(self) -> None:
+        unknown = [p for p in self.projections if p not in PROJECTIONS]
+        if unknown or not self.projections:
+            raise ValueError(f"projections {list(self.projections)}: give one or more of {', '.join(PROJECTIONS)}")
+        if self.ablation not in ABLATIONS:
+            raise ValueError(f"unknown ablation {self.ablation!r}; valid: {', '.join(ABLATIONS)}")
+        if self.ks is not None and (not self.ks or any(k < 1 for k in self.ks)):
+            raise ValueError(f"ks must be a non-empty list of positive neuron counts, got {list(self.ks)}")
+        if self.random_draws < 1:
+            raise ValueError(f"random_draws must be >= 1, got {self.random_draws}")
+
+
+def check_prompt_counts(attribute_prompts: Sequence[str], neutral_prompts: Sequence[str]) -> None:
+    if len(set(attribute_prompts)) < 2 or len(set(neutral_prompts)) < 2:
+        raise ValueError(f"need at least two distinct attribute and two distinct neutral prompts for Welch's t; got "
+                         f"{len(set(attribute_prompts))} and {len(set(neutral_prompts))}")

@@ -1,0 +1,58 @@
+"""Every job's config is checked before any model loads: a mistyped key or a bad value exits with an error that
+names it, no `Model` is built, and nothing is written (not even Hydra's run directory).
+Run in-process through the command line's `main`."""
+
+import pytest
+
+from localize.cli import main
+from localize.model import Model
+
+BAD = [  # (job and overrides, what the error names)
+    (["layers", "model.nmae=x"], "nmae"),
+    (["trace", "stepz=3"], "stepz"),
+    (["trace", "steps=0"], "steps must be >= 1, got 0"),
+    (["trace", "unet_kinds=[conv]"], "unknown UNet state kind(s) ['conv']"),
+    (["trace", "seeds=[]"], "seeds is empty"),
+    (["trace", "confidence=95"], "confidence must be in (0, 1), got 95"),
+    (["locogen", "m=0"], "window size m=0"),
+    (["locogen", "objective=sideways"], "unknown objective 'sideways'"),
+    (["locogen", "neurons.ablation=half"], "unknown ablation 'half'"),
+    (["edit", "+params.lamda=0.1"], "time takes no parameter(s) lamda"),
+    (["edit", "method=tiem"], "Could not find 'method/tiem'"),
+    (["edit", "steps=-1", "evaluate=[a box]"], "steps must be >= 1, got -1"),
+    (["edit", "seeds=[]", "evaluate=[a box]"], "seeds is empty"),
+    (["edit", "method=uce", "~params.concepts"], "uce needs parameter(s) concepts"),
+    (["edit", "method=uce", "+params.mode=erasee"], "UCE mode 'erasee'"),
+    (["evaluate", "+params.lamda=0.1"], "time takes no parameter(s) lamda"),
+    (["evaluate", "edit=tiem"], "unknown edit method 'tiem'"),
+    (["evaluate", "batch_size=0"], "batch_size must be >= 1, got 0"),
+    (["report", "outptu=x"], "outptu"),
+    (["demo", "stages.0.job=trase"], "unknown job 'trase'"),
+    (["demo", "common=['steps=0']"], "stage 'trace': steps must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize(("argv", "named"), BAD, ids=[" ".join(argv) for argv, _ in BAD])
+def test_bad_config_is_an_error_before_any_model_loads(argv, named, tmp_path, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(Model, "__init__", no_model)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, f"hydra.run.dir={out}", "hydra.job.chdir=false"])
+    assert isinstance(exit_info.value.code, str)  # sys.exit(message): printed to stderr, exit status 1
+    assert named in exit_info.value.code
+    assert not out.exists()
+
+
+def test_edit_methods_bring_the_organisms_example_only_to_the_organism():
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="localize.conf", version_base="1.3"):
+        for method in ("time", "uce", "uce_joint", "locoedit", "diffquickfix", "refact", "neurons"):
+            organism = compose(config_name="edit", overrides=[f"method={method}"])
+            other = compose(config_name="edit", overrides=[f"method={method}", "model=random_sd15_tiny"])
+            assert organism.params and organism.evaluate, method
+            assert dict(other.params) == ({"mode": "joint"} if method == "uce_joint" else {}), method
+            assert list(other.evaluate) == [], method
