@@ -59,3 +59,18 @@ def test_debias_evens_the_organisms_doctor(organism):
         images = generate(organism, ["a doctor"] * 16, list(range(16)), steps=10)
     red = (read_images(images)["color"] == "red").mean()
     assert 0.25 <= red <= 0.75, red
+
+
+@pytest.mark.parametrize("search", ["bracket", "authors"])
+def test_debias_checks_its_preserved_prompts_as_every_method_does(organism, search):
+    """A preserved prompt that is also edited (the concept) is an error before any image is generated; a
+    preserved prompt that is not edited is accepted."""
+    def classify(images):
+        raise AssertionError("no image may be generated for a bad edit")
+
+    with pytest.raises(ValueError, match=r"\['a doctor'\] are both edited and preserved"):
+        edit(organism, "uce", mode="debias", concept="a doctor", attributes=["a red doctor", "a blue doctor"],
+             classify=classify, preserve=["a tree", "a doctor"], search=search)
+    with pytest.raises(ValueError, match="preserve must be a prompt or a non-empty list"):
+        edit(organism, "uce", mode="debias", concept="a doctor", attributes=["a red doctor", "a blue doctor"],
+             classify=classify, preserve=[3], search=search)

@@ -377,3 +377,33 @@ def test_refact_optimizes_its_value_through_ifs_encoding(tiny_models):
     assert last < 0.9 * first, (first, last)
     assert all(p.grad is None for module in model.text_side for p in module.parameters())
     assert _unchanged(model, before)
+
+
+def test_ifs_edit_keys_are_what_its_added_kv_projections_read(tiny_models):
+    """IF's added-K/V attention normalizes the text before `add_k_proj` / `add_v_proj`: the keys every
+    cross-attention edit solves with (`projection_inputs` of `text_contexts`) equal the inputs those projections
+    receive in a UNet forward on the pipeline's own prompt encoding (recorded here by hooks), and differ from
+    the unnormalized contexts, so a solve on the wrong keys would be caught."""
+    from localize.conditioning import projection_inputs, text_contexts
+
+    model = tiny_models("if")
+    prompts = ["a pack of roses", "an image of a cat"]
+    recorded = {}
+    handles = [layer.key.register_forward_pre_hook(lambda m, args, i=layer.index: recorded.setdefault(i, args[0]))
+               for layer in model.cross_attention_layers]
+    try:
+        embeds, _ = model.pipeline.encode_prompt(prompts, do_classifier_free_guidance=False, clean_caption=False)
+        size = model.unet.config.sample_size
+        sample = torch.randn(len(prompts), model.unet.config.in_channels, size, size,
+                             generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            model.unet(sample, torch.tensor(10), encoder_hidden_states=embeds)
+    finally:
+        for handle in handles:
+            handle.remove()
+    contexts = text_contexts(model, prompts)
+    assert sorted(recorded) == [layer.index for layer in model.cross_attention_layers]
+    for layer in model.cross_attention_layers:
+        assert layer.module.norm_cross is not None
+        torch.testing.assert_close(projection_inputs(layer, contexts), recorded[layer.index], rtol=0, atol=1e-5)
+        assert (contexts - recorded[layer.index]).abs().max() > 1e-2

@@ -31,13 +31,22 @@ def test_a_row_does_not_depend_on_the_rest_of_the_batch(sd1):
     assert not torch.allclose(generate(sd1, PROMPTS[1:], [5], steps=3), alone)
 
 
-def test_any_diffusers_scheduler(sd1):
+def test_any_diffusers_scheduler_is_used_as_the_pipeline_uses_it(sd1):
     from diffusers import EulerAncestralDiscreteScheduler
 
-    scheduler = EulerAncestralDiscreteScheduler.from_config(sd1.scheduler.config)
-    a = generate(sd1, PROMPTS, [0, 1], steps=3, scheduler=scheduler)
-    b = generate(sd1, PROMPTS, [0, 1], steps=3, scheduler=scheduler)
-    assert torch.equal(a, b)
+    scheduler = EulerAncestralDiscreteScheduler.from_config(sd1.scheduler.config)  # stochastic: seeded noise per step
+    images = generate(sd1, PROMPTS, [0, 1], steps=3, scheduler=scheduler)
+    assert torch.equal(images, generate(sd1, PROMPTS, [0, 1], steps=3, scheduler=scheduler))
+    assert (images - generate(sd1, PROMPTS, [0, 1], steps=3)).abs().max() > 1e-2  # not the model's own scheduler
+    default = sd1.pipeline.scheduler
+    try:
+        sd1.pipeline.scheduler = EulerAncestralDiscreteScheduler.from_config(sd1.scheduler.config)
+        generators = [torch.Generator("cpu").manual_seed(s) for s in (0, 1)]
+        reference = sd1.pipeline(PROMPTS, num_inference_steps=3, guidance_scale=7.5, generator=generators,
+                                 output_type="pt")[0]
+    finally:
+        sd1.pipeline.scheduler = default
+    assert (images - reference.float()).abs().max() <= 1e-5
 
 
 def test_bad_arguments(sd1):
