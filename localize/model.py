@@ -132,12 +132,24 @@ def block_of(name: str) -> str:
 
 
 @dataclass
+class AppliedEdit:
+    """The weights an applied edit replaced (`locoedit.Edit.apply`): the edit's content key, its method, and the
+    original tensors by address (`<pipeline component>.<parameter path>`)."""
+
+    key: str
+    method: str
+    originals: dict[str, torch.Tensor]
+
+
+@dataclass
 class Model:
     """A pipeline and its tables. Build with `load_model` or `random_model`.
 
     `cross_attention_layers`, `unet_components`: execution order over the UNet. `text_encoder_layers`: encoder by
     encoder (in `text_encoders` order), layer by layer. `context_cache`: the text contexts `text_contexts` has
-    encoded for the current text weights.
+    encoded for the current text weights. `applied_edits`: the edits applied to the weights, in the order applied
+    (any `Edit` with the same content, fresh or loaded from its file, reverts its entry); `revert_all` restores
+    the base weights bit-exactly.
     """
 
     pipeline: DiffusionPipeline
@@ -146,6 +158,7 @@ class Model:
     text_encoder_layers: list[TextEncoderLayer]
     unet_components: list[UNetComponent]
     context_cache: ContextCache = field(default_factory=ContextCache, repr=False, compare=False)
+    applied_edits: list[AppliedEdit] = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
     def from_pipeline(cls, pipeline: DiffusionPipeline, family: str | None = None) -> Model:
@@ -231,6 +244,16 @@ class Model:
     def text_encoder_embeddings(self, encoder: int) -> nn.Module:
         arch = TEXT_ENCODER_ARCHS[type(self.text_encoders[encoder]).__name__]
         return self.text_encoders[encoder].get_submodule(arch.embeddings)
+
+    @torch.no_grad()
+    def revert_all(self) -> Model:
+        """Restore the base weights bit-exactly: every applied edit reverted, the latest first."""
+        while self.applied_edits:
+            entry = self.applied_edits.pop()
+            for address, original in entry.originals.items():
+                component, _, path = address.partition(".")
+                self.pipeline.components[component].get_parameter(path).copy_(original)
+        return self
 
     def cross_attention_layer(self, index: int) -> CrossAttentionLayer:
         n = len(self.cross_attention_layers)

@@ -14,9 +14,9 @@ applies to their float16 or float32 copy, and to nothing else.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from localize.model import Model
+from localize.model import AppliedEdit, Model
 from localize.results import atomic_write
 
 FORMAT = "localize-edit/1"
@@ -116,7 +116,6 @@ class Edit:
     updates: dict[str, WeightUpdate]
     seconds: float = 0.0
     info: dict = field(default_factory=dict)
-    _applied: dict = field(default_factory=dict, init=False, repr=False)  # id(model) -> (ref, originals)
 
     def __post_init__(self):
         if not self.updates or all(update.rank == 0 for update in self.updates.values()):
@@ -158,28 +157,55 @@ class Edit:
                     "model, or already edited); apply it to its base model, or revert other edits first")
         return parameters
 
+    @functools.cached_property
+    def key(self) -> str:
+        """The edit's content hash (its saved header and factors): the same for this edit and its saved file."""
+        return _content_hash(self._header(), self._tensors())
+
+    def _header(self) -> dict:
+        return {"format": FORMAT, "method": self.method, "family": self.family, "params": self.params,
+                "seconds": self.seconds, "info": self.info,
+                "base_hashes": {a: u.base_hash for a, u in self.updates.items()}}
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {}
+        for address, update in self.updates.items():
+            tensors[f"{address}:up"], tensors[f"{address}:down"] = update.up, update.down
+        return tensors
+
+    def _entry(self, model: Model) -> int | None:
+        """Where this edit sits in `model.applied_edits`, if applied."""
+        return next((i for i, entry in enumerate(model.applied_edits) if entry.key == self.key), None)
+
     @torch.no_grad()
     def apply(self, model: Model) -> Model:
-        """Write the edited weights into `model` (in place). Every check runs before any weight changes."""
-        if id(model) in self._applied:
+        """Write the edited weights into `model` (in place) and record it in `model.applied_edits`. Every check
+        runs before any weight changes."""
+        if self._entry(model) is not None:
             raise RuntimeError(f"this {self.method} edit is already applied to this model; revert it first")
         parameters = self._check(model)
         new = {address: self.updates[address].edited(p) for address, p in parameters.items()}
         originals = {address: p.detach().clone() for address, p in parameters.items()}
         for address, parameter in parameters.items():
             parameter.copy_(new[address])
-        self._applied[id(model)] = (weakref.ref(model), originals)
+        model.applied_edits.append(AppliedEdit(self.key, self.method, originals))
         return model
 
     @torch.no_grad()
     def revert(self, model: Model) -> Model:
-        """Restore the weights `apply` replaced, bit for bit."""
-        ref, originals = self._applied.get(id(model), (None, None))
-        if ref is None or ref() is not model:
+        """Restore the weights `apply` replaced, bit for bit. This edit, or one with the same content (its saved
+        file), must be applied to `model`, and no edit applied after it may have changed the same weights."""
+        index = self._entry(model)
+        if index is None:
             raise RuntimeError(f"this {self.method} edit is not applied to this model; nothing to revert")
-        for address, original in originals.items():
+        entry = model.applied_edits[index]
+        later = [e.method for e in model.applied_edits[index + 1:] if e.originals.keys() & entry.originals.keys()]
+        if later:
+            raise RuntimeError(f"the {', '.join(later)} edit(s) applied after this {self.method} edit changed the "
+                               "same weights; revert them first (or `model.revert_all()`)")
+        for address, original in entry.originals.items():
             resolve_parameter(model, address).copy_(original)
-        del self._applied[id(model)]
+        del model.applied_edits[index]
         return model
 
     @contextmanager
@@ -195,14 +221,8 @@ class Edit:
     def save(self, path: str | Path) -> Path:
         """A safetensors file: the factors, and metadata (method, parameters, family, base hashes, a content hash
         that `load_edit` verifies). Written atomically."""
-        tensors = {}
-        for address, update in self.updates.items():
-            tensors[f"{address}:up"], tensors[f"{address}:down"] = update.up, update.down
-        header = {"format": FORMAT, "method": self.method, "family": self.family, "params": self.params,
-                  "seconds": self.seconds, "info": self.info,
-                  "base_hashes": {a: u.base_hash for a, u in self.updates.items()}}
-        metadata = {"localize_edit": json.dumps(header, sort_keys=True),
-                    "content_hash": _content_hash(header, tensors)}
+        header, tensors = self._header(), self._tensors()
+        metadata = {"localize_edit": json.dumps(header, sort_keys=True), "content_hash": self.key}
         return atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
     def to_lora(self, path: str | Path) -> Path:

@@ -407,3 +407,32 @@ def test_ifs_edit_keys_are_what_its_added_kv_projections_read(tiny_models):
         assert layer.module.norm_cross is not None
         torch.testing.assert_close(projection_inputs(layer, contexts), recorded[layer.index], rtol=0, atol=1e-5)
         assert (contexts - recorded[layer.index]).abs().max() > 1e-2
+
+
+def test_the_model_records_its_edits_so_any_copy_of_an_edit_reverts_it(fresh, tmp_path):
+    """An edit loaded from its file reverts the fresh edit's application (a re-run notebook cell); an edit that
+    shares weights with a later one waits for it; `revert_all` restores the base bit for bit; reverting an edit
+    that is not applied is an error that changes nothing."""
+    model = fresh()
+    before = _state(model)
+    first = edit(model, "time", source=SOURCE, destination=DESTINATION, layers=[0])
+    loaded = load_edit(first.save(tmp_path / "first.safetensors"))
+    assert loaded.key == first.key
+    first.apply(model)
+    with pytest.raises(RuntimeError, match="already applied"):
+        loaded.apply(model)
+    loaded.revert(model)
+    assert _unchanged(model, before) and model.applied_edits == []
+    with pytest.raises(RuntimeError, match="not applied to this model; nothing to revert"):
+        loaded.revert(model)
+    assert _unchanged(model, before)
+
+    first.apply(model)
+    second = edit(model, "time", source="a photo of a cat", destination="a photo of a blue cat", layers=[0, 1])
+    second.apply(model)  # computed on the edited weights of layer 0: it must come off first
+    edited = _state(model)
+    with pytest.raises(RuntimeError, match="revert them first"):
+        first.revert(model)
+    assert _unchanged(model, edited) and [e.method for e in model.applied_edits] == ["time", "time"]
+    model.revert_all()
+    assert _unchanged(model, before) and model.applied_edits == []
