@@ -85,3 +85,31 @@ def edit(model: Model, method: str, **params) -> Edit:
     seconds = clock.perf_counter() - start
     updates, info = result if isinstance(result, tuple) else (result, {})
     return Edit(method, model.family, recorded, updates, seconds, _jsonable(info))
+
+
+def _typed(name: str, method: str, function, mode: str | None = None):
+    """`edit(model, method, ...)` as a function with `function`'s own parameters (signature help in notebooks)."""
+    signature = inspect.signature(function)
+
+    def typed(*args, **kwargs) -> Edit:
+        bound = signature.bind(*args, **kwargs)
+        model = bound.arguments.pop("model")
+        return edit(model, method, **({"mode": mode} if mode else {}), **bound.arguments)
+
+    typed.__signature__ = signature.replace(return_annotation=Edit)
+    typed.__name__ = typed.__qualname__ = name
+    typed.__module__ = "locoedit"
+    typed.__doc__ = (f"The {name} edit of `model` as an `Edit` (the model is not changed; `Edit.apply` does that); "
+                     f"`locoedit.edit(model, {method!r}{f', mode={mode!r}' if mode else ''}, ...)`.\n\n"
+                     f"{inspect.getdoc(function)}")
+    return typed
+
+
+time = _typed("time", "time", methods.time)
+uce = _typed("uce", "uce", methods.uce)
+uce_debias = _typed("uce_debias", "uce", debias.debias, mode="debias")
+uce_joint = _typed("uce_joint", "uce", joint.uce_joint, mode="joint")
+locoedit = _typed("locoedit", "locoedit", methods.locoedit)
+diffquickfix = _typed("diffquickfix", "diffquickfix", text_encoder.diffquickfix)
+refact = _typed("refact", "refact", text_encoder.refact)
+neurons = _typed("neurons", "neurons", ablation.neurons)

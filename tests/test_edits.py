@@ -436,3 +436,20 @@ def test_the_model_records_its_edits_so_any_copy_of_an_edit_reverts_it(fresh, tm
     assert _unchanged(model, edited) and [e.method for e in model.applied_edits] == ["time", "time"]
     model.revert_all()
     assert _unchanged(model, before) and model.applied_edits == []
+
+
+def test_each_method_is_a_typed_function_equal_to_its_dispatch(fresh):
+    import inspect
+
+    model = fresh()
+    typed = locoedit.time(model, SOURCE, DESTINATION, lam=0.2, layers=[0])
+    by_name = edit(model, "time", source=SOURCE, destination=DESTINATION, lam=0.2, layers=[0])
+    assert typed.method == "time" and typed.params == by_name.params and typed.updates.keys() == by_name.updates.keys()
+    assert all(torch.equal(typed.updates[a].up, by_name.updates[a].up) for a in by_name.updates)
+    signature = inspect.signature(locoedit.time)
+    assert list(signature.parameters)[:4] == ["model", "source", "destination", "lam"]
+    assert signature.return_annotation is locoedit.Edit
+    assert "concepts" in inspect.signature(locoedit.uce).parameters
+    assert "attributes" in inspect.signature(locoedit.uce_debias).parameters
+    with pytest.raises(TypeError, match="unexpected keyword argument 'destinaton'"):
+        locoedit.time(model, SOURCE, DESTINATION, destinaton=DESTINATION)
