@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig
 
 from causal_tracing.settings import TEXT_KINDS, UNET_KINDS, TraceSettings, Unit, check_kinds
+from localize.checks import check_seeds
 from localize.config import PromptJobConfig
 from localize.jobs import Job
 from localize.stats import check_interval_settings
@@ -54,8 +55,7 @@ def check_trace(cfg: DictConfig) -> None:
     check_interval_settings(cfg.confidence, cfg.resamples)
     if not cfg.prompts.entries:
         raise ValueError(f"prompt set {cfg.prompts.name!r} has no entries")
-    if not cfg.seeds:
-        raise ValueError("seeds is empty: give at least one seed")
+    check_seeds(cfg.seeds)
 
 
 JOB = Job(TraceJob, "causal_tracing.run:run_trace", check=check_trace)

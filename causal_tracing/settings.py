@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from localize.checks import check_guidance, check_steps
+
 UNET_KINDS = ("resnet", "self_attn", "cross_attn", "ff")
 TEXT_KINDS = ("self_attn", "mlp")
 
@@ -33,8 +35,8 @@ class TraceSettings:
     min_drop: float = 1.0
 
     def check(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        check_steps(self.steps)
+        check_guidance(self.guidance)
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (a clean row and a restored row), got {self.batch_size}")
         if self.step_range is not None:

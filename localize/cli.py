@@ -60,7 +60,8 @@ def check_before_running(name: str, job, overrides: list[str]) -> None:
         try:
             job.check(compose(config_name=name, overrides=[o for o in overrides if not _is_hydra_override(o)]))
         except (HydraException, OmegaConfBaseException, ValueError, TypeError) as error:
-            sys.exit(f"localize {name}: {error}")
+            cause = f"\n{error.__cause__}" if isinstance(error, HydraException) and error.__cause__ else ""
+            sys.exit(f"localize {name}: {error}{cause}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,6 +16,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
+from localize.checks import check_generation
 from localize.engine import patching
 from localize.model import Model
 from localize.patches import Patch
@@ -71,8 +72,7 @@ def generate(
     if not prompts or len(prompts) != len(seeds):
         raise ValueError(f"need one seed per prompt and at least one prompt; got {len(prompts)} prompts and "
                          f"{len(seeds)} seeds")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    check_generation(seeds, steps, guidance)
     for tokenizer in model.tokenizers:
         for prompt in prompts:
             token_ids(tokenizer, prompt, limit=model.spec.max_tokens)

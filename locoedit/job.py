@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from localize.checks import check_generation, check_guidance, check_seeds, check_steps
 from localize.config import ModelConfig, ScoredJobConfig, ScorerConfig
 from localize.jobs import Job
 from localize.stats import check_interval_settings
@@ -68,21 +69,19 @@ def check_edit_params(method: str, params: DictConfig, given: tuple[str, ...] = 
 
 
 def check_edit(cfg: DictConfig) -> None:
-    if cfg.steps < 1:
-        raise ValueError(f"steps must be >= 1, got {cfg.steps}")
-    if cfg.evaluate and not cfg.seeds:
-        raise ValueError("seeds is empty: give at least one seed to generate the evaluation prompts with")
+    if cfg.evaluate:
+        check_generation(cfg.seeds, cfg.steps, cfg.guidance)
     check_edit_params(cfg.method, cfg.params)
 
 
 def check_evaluate(cfg: DictConfig) -> None:
-    if not cfg.seeds and cfg.dataset.format in EDIT_FORMATS:
-        raise ValueError("seeds is empty: give at least one seed")
+    if cfg.dataset.format in EDIT_FORMATS:  # prompt lists carry each prompt's own evaluation seed
+        check_seeds(cfg.seeds)
+    check_steps(cfg.steps)
+    check_guidance(cfg.guidance)
     if cfg.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
     check_interval_settings(cfg.confidence, cfg.resamples)
-    if cfg.steps < 1:
-        raise ValueError(f"steps must be >= 1, got {cfg.steps}")
     if cfg.edit is not None:
         given = ("source", "destination") if cfg.dataset.format in EDIT_FORMATS else ()
         check_edit_params(cfg.edit, cfg.params, given)

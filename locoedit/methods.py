@@ -95,7 +95,7 @@ def uce_rows(model: Model, concepts: str | Sequence[str], guides: str | Sequence
     and targets scaled by sqrt(s)), `partial` moves the targets the fraction s of the way at full weight."""
     concepts = as_list(concepts, "concepts")
     guides = [guides] * len(concepts) if isinstance(guides, str) else list(guides)
-    src, dst = augmented_pairs(concepts, guides, templates)
+    src, dst = augmented_pairs(concepts, guides, templates, ("concept", "guide"))
     guided = pair_rows(model, pair_prompts(model, src, dst, "final"))
     root = strength ** 0.5
 

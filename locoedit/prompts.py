@@ -3,6 +3,7 @@ checks."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 TIME_TEMPLATES = ("A photo of ", "An image of ", "A picture of ")  # TIME's augmentations, prefixed to the prompt
@@ -22,13 +23,18 @@ def augmented(prompt: str, templates: Sequence[str]) -> list[str]:
     return [prompt, *(template + base for template in templates)]
 
 
-def augmented_pairs(sources: str | Sequence[str], destinations: str | Sequence[str], templates: Sequence[str]
-                    ) -> tuple[list[str], list[str]]:
-    """Sources and destinations paired by index, each with its templated variants (same order on both sides)."""
-    sources, destinations = as_list(sources, "source"), as_list(destinations, "destination")
+def augmented_pairs(sources: str | Sequence[str], destinations: str | Sequence[str], templates: Sequence[str],
+                    names: tuple[str, str] = ("source", "destination")) -> tuple[list[str], list[str]]:
+    """Sources and destinations paired by index, each with its templated variants (same order on both sides).
+    `names` name the two sides in errors (UCE: concept, guide). An empty source is an error: it is the
+    unconditional half of every guided generation."""
+    sources, destinations = as_list(sources, names[0]), as_list(destinations, names[1])
+    if any(not source.strip() for source in sources):
+        raise ValueError(f"an empty {names[0]} prompt cannot be edited: it is the unconditional half of every guided "
+                         f"generation, so the edit would change every image; got {sources}")
     if len(sources) != len(destinations):
-        raise ValueError(f"need one destination per source, got {len(sources)} sources and {len(destinations)} "
-                         "destinations")
+        raise ValueError(f"need one {names[1]} per {names[0]}, got {len(sources)} {names[0]}(s) and "
+                         f"{len(destinations)} {names[1]}(s)")
     return ([p for s in sources for p in augmented(s, templates)],
             [p for d in destinations for p in augmented(d, templates)])
 
@@ -43,8 +49,8 @@ def preserved_prompts(preserve: Sequence[str], edited: Sequence[str]) -> list[st
 
 
 def check_lam(lam: float) -> None:
-    if not lam > 0:
-        raise ValueError(f"lambda must be > 0, got {lam!r}: it keeps the edited weights near the originals "
+    if not 0 < lam < math.inf:
+        raise ValueError(f"lambda must be a finite number > 0, got {lam!r}: it keeps the edited weights near the originals "
                          "where the keys do not reach")
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from localize.checks import check_guidance, check_seeds, check_steps
+
 OBJECTIVES = ("lower", "raise")
 PROJECTIONS = ("to_k", "to_v")
 ABLATIONS = ("mean", "zero")
@@ -29,8 +31,7 @@ def make_units(prompts: Sequence[str], altered: Sequence[str], texts: Sequence[s
                          f"altered prompts, {len(texts)} texts")
     if not prompts:
         raise ValueError("no prompt to search with: the prompt set is empty")
-    if not seeds:
-        raise ValueError("seeds is empty: give at least one seed")
+    check_seeds(seeds)
     return [Unit(p, a, t, int(seed)) for p, a, t in zip(prompts, altered, texts, strict=True) for seed in seeds]
 
 
@@ -47,8 +48,8 @@ class SearchSettings:
         if not isinstance(self.m, int) or self.m < 1 or (n_layers is not None and self.m > n_layers):
             upper = n_layers if n_layers is not None else "the model's cross-attention layers"
             raise ValueError(f"window size m={self.m!r} must be an integer in 1..{upper}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        check_steps(self.steps)
+        check_guidance(self.guidance)
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (the altered row and a window row), got {self.batch_size}")
         if self.objective not in OBJECTIVES:

@@ -289,7 +289,11 @@ def test_time_edits_other_families(tiny_models, family):
 
 @pytest.mark.parametrize("method, params, message", [
     ("time", {"source": "a pack of roses", "destination": "a bunch of tulips"}, "cannot align"),
-    ("time", {"source": SOURCE, "destination": DESTINATION, "lam": 0}, "lambda must be > 0"),
+    ("time", {"source": SOURCE, "destination": DESTINATION, "lam": 0}, "lambda must be a finite number > 0"),
+    ("time", {"source": SOURCE, "destination": DESTINATION, "lam": float("inf")}, "lambda must be a finite number"),
+    ("time", {"source": "", "destination": DESTINATION}, "an empty source prompt cannot be edited"),
+    ("uce", {"concepts": ["a rose", "a cat"], "guides": ["a", "b", "c"]}, r"one guide per concept, got 2 concept"),
+    ("uce", {"concepts": [" "], "guides": ""}, "an empty concept prompt cannot be edited"),
     ("time", {"source": SOURCE, "destination": SOURCE}, "changes no weight"),
     ("time", {"source": SOURCE, "destination": DESTINATION, "layers": [99]}, "layers .*99.* invalid"),
     ("diffquickfix", {"source": "a rose", "destination": "a tulip", "subject": "daisy"}, "'daisy' occurs not"),
