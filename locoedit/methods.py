@@ -45,8 +45,9 @@ def preserved_rows(model: Model, kept: list[str], alignment: str) -> Rows | None
     return pair_rows(model, pair_prompts(model, kept, kept, alignment)) if kept else None
 
 
-def chosen_layers(results: str | Path) -> list[int]:
-    """The layers of the window LOCOGEN chose, from its `results.parquet` or `windows.parquet`."""
+def chosen_layers(results: str | Path, model: Model | None = None) -> list[int]:
+    """The layers of the window LOCOGEN chose, from its `results.parquet` or `windows.parquet`; with `model`,
+    a file from another model (another family, or other modules at those layer indices) is an error."""
     path = Path(results)
     if not path.is_file():
         raise FileNotFoundError(f"no LOCOGEN results file at {path}")
@@ -57,7 +58,17 @@ def chosen_layers(results: str | Path) -> list[int]:
     chosen = table.loc[table["chosen"], "layers"].unique()
     if len(chosen) != 1:
         raise ValueError(f"{path} marks {len(chosen)} chosen windows; expected exactly one")
-    return [int(k) for k in str(chosen[0]).split(",")]
+    layers = [int(k) for k in str(chosen[0]).split(",")]
+    if model is not None:
+        families = table["model.family"].dropna().unique().tolist() if "model.family" in table else []
+        names = str(table.loc[table["chosen"], "names"].iloc[0]).split(",") if "names" in table else None
+        n = len(model.cross_attention_layers)
+        ours = [model.cross_attention_layers[k].name if 0 <= k < n else None for k in layers]
+        if families not in ([], [model.family]) or (names is not None and names != ours):
+            raise ValueError(f"{path} is LOCOGEN's result for another model: its chosen layers {layers} are {names} "
+                             f"(family {', '.join(families) or 'not recorded'}); in this {model.family} model "
+                             f"they are {ours}")
+    return layers
 
 
 def locoedit(model: Model, source: str | Sequence[str], destination: str | Sequence[str],
@@ -70,7 +81,7 @@ def locoedit(model: Model, source: str | Sequence[str], destination: str | Seque
     if (layers is None) == (results is None):
         raise ValueError("give the LOCOGEN layers either as `layers` (cross-attention indices) or as `results` "
                          "(LOCOGEN's results.parquet), not both and not neither")
-    layers = chosen_layers(results) if results is not None else list(layers)
+    layers = chosen_layers(results, model) if results is not None else list(layers)
     src, dst = augmented_pairs(source, destination, templates)
     rows = pair_rows(model, pair_prompts(model, src, dst, alignment))
     return solve_projections(model, layers, rows, lam)

@@ -457,3 +457,15 @@ def test_each_method_is_a_typed_function_equal_to_its_dispatch(fresh):
     assert "attributes" in inspect.signature(locoedit.uce_debias).parameters
     with pytest.raises(TypeError, match="unexpected keyword argument 'destinaton'"):
         locoedit.time(model, SOURCE, DESTINATION, destinaton=DESTINATION)
+
+
+def test_locoedit_refuses_a_locogen_result_of_another_model(fresh, tmp_path):
+    sd1, sdxl = fresh("sd1"), fresh("sdxl")
+    chosen = [0, 1]
+    table = pd.DataFrame({"layers": ["0,1", "1,2"], "chosen": [True, False], "model.family": ["sdxl", "sdxl"],
+                          "names": [",".join(sdxl.cross_attention_layers[k].name for k in chosen), "x"]})
+    table.to_parquet(tmp_path / "results.parquet")
+    assert edit(sdxl, "locoedit", source=SOURCE, destination="a pack of tulips",
+                results=str(tmp_path / "results.parquet")).updates
+    with pytest.raises(ValueError, match="LOCOGEN's result for another model: its chosen layers \\[0, 1\\]"):
+        edit(sd1, "locoedit", source=SOURCE, destination="a pack of tulips", results=str(tmp_path / "results.parquet"))
