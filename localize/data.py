@@ -14,6 +14,7 @@ the demo).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -47,9 +48,17 @@ def _read(path: str | Path, columns: list[str], format_name: str) -> pd.DataFram
     if not path.is_file():
         raise DatasetFormatError(f"{format_name} file {str(path)!r} does not exist")
     try:
-        table = pd.read_csv(path, skipinitialspace=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)  # pandas would drop or shift extra fields
+            table = pd.read_csv(path, skipinitialspace=True, index_col=False, encoding="utf-8")
     except pd.errors.EmptyDataError:
         raise DatasetFormatError(f"{format_name} file {str(path)!r} is empty") from None
+    except (pd.errors.ParserError, pd.errors.ParserWarning) as error:
+        raise DatasetFormatError(f"{format_name} file {str(path)!r}: a row has more fields than the header (an "
+                                 f"unquoted comma in a prompt?): {str(error).strip()}") from None
+    except UnicodeDecodeError as error:
+        raise DatasetFormatError(f"{format_name} file {str(path)!r} is not UTF-8 text (byte {error.start}: "
+                                 f"{error.object[error.start:error.start + 1]!r}); save it as UTF-8") from None
     table.columns = [str(c).strip() for c in table.columns]
     missing = [c for c in columns if c not in table.columns]
     if missing:

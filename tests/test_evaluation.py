@@ -44,6 +44,14 @@ def test_missing_columns_are_named(tmp_path):
         load_dataset("prompts", tmp_path / "seeds.csv")
     with pytest.raises(DatasetFormatError, match="does not exist"):
         load_road(tmp_path / "nope.csv")
+    rows = shipped("organism_timed.csv").read_text().splitlines()
+    for name, extra in (("one.csv", [rows[1] + ",x"]), ("every.csv", [row + ",x" for row in rows[1:]])):
+        (tmp_path / name).write_text("\n".join([rows[0], *extra]) + "\n")  # every row: pandas would shift them
+        with pytest.raises(DatasetFormatError, match="a row has more fields than the header"):
+            load_timed(tmp_path / name)
+    (tmp_path / "latin1.csv").write_bytes("prompt,evaluation_seed,case_number\na caf\u00e9,0,0\n".encode("latin-1"))
+    with pytest.raises(DatasetFormatError, match="is not UTF-8 text .*save it as UTF-8"):
+        load_dataset("prompts", tmp_path / "latin1.csv")
     with pytest.raises(ValueError, match="unknown dataset format 'coco'; valid: timed, road, prompts, imagenette"):
         load_dataset("coco", path)
     with pytest.raises(FileNotFoundError, match="shipped: organism_road.csv"):
