@@ -251,9 +251,13 @@ def load_edit(path: str | Path) -> Edit:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no edit file at {path}")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as error:  # safetensors raises its own error types for truncated or foreign files
+        raise EditMismatchError(f"{path} is not a readable localize edit file (a safetensors file written by "
+                                f"Edit.save): {error}") from None
     if "localize_edit" not in metadata:
         raise EditMismatchError(f"{path} is not a localize edit file (no localize_edit metadata)")
     header = json.loads(metadata["localize_edit"])

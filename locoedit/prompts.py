@@ -50,8 +50,8 @@ def preserved_prompts(preserve: Sequence[str], edited: Sequence[str]) -> list[st
 
 def check_lam(lam: float) -> None:
     if not 0 < lam < math.inf:
-        raise ValueError(f"lambda must be a finite number > 0, got {lam!r}: it keeps the edited weights near the originals "
-                         "where the keys do not reach")
+        raise ValueError(f"lambda must be a finite number > 0, got {lam!r}: it keeps the edited weights near the "
+                         "originals where the keys do not reach")
 
 
 def check_choice(name: str, value, valid: Sequence) -> None:

@@ -198,6 +198,7 @@ def save_fp16(state: dict[str, torch.Tensor], path: Path) -> None:
     tensors = {k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).contiguous()
                for k, v in state.items()}  # integer tensors (token ids) stay exact
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+    weights.record_checksum(path)
 
 
 def text_contexts(text_encoder: CLIPTextModel, tokenizer, captions: list[str], cache: dict[str, torch.Tensor],
@@ -344,6 +345,7 @@ def train_clip(cfg: TrainConfig, workdir: Path, export: Path, device: torch.devi
     config = {"unet": unet_config, "text_encoder": text_config, "scheduler": inference_scheduler,
               "token_embedding_seed": cfg.seed}
     atomic_write(export / weights.CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(config, indent=1, default=list)))
+    weights.record_checksum(export / weights.CONFIG_FILE)
 
 
 @hydra.main(version_base=None, config_name="train_organism")

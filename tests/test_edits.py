@@ -126,6 +126,11 @@ def test_save_load_roundtrip_and_refusals(fresh, tmp_path):
     save_file(tensors, str(tmp_path / "tampered.safetensors"), metadata=metadata)
     with pytest.raises(EditMismatchError, match="modified after it was saved"):
         load_edit(tmp_path / "tampered.safetensors")
+    (tmp_path / "truncated.safetensors").write_bytes(path.read_bytes()[:-100])
+    torch.save({"w": torch.ones(2)}, tmp_path / "pickle.safetensors")  # never unpickled
+    for name in ("truncated.safetensors", "pickle.safetensors"):
+        with pytest.raises(EditMismatchError, match=f"{name} is not a readable localize edit file"):
+            load_edit(tmp_path / name)
 
 
 def test_lora_export_reproduces_the_edited_model(fresh, tmp_path):

@@ -121,15 +121,19 @@ def test_world_words_exclude_nothing_the_captions_use():
         assert set(subject.phrase.lower().split()) <= words
 
 
-@pytest.mark.parametrize("damage", ["missing", "corrupted"])
+@pytest.mark.parametrize("damage", ["missing", "corrupted", "one flipped byte"])
 @pytest.mark.parametrize("name", [weights.UNET_FILE, weights.TEXT_ENCODER_FILE, weights.CONFIG_FILE])
 def test_a_bad_weights_file_is_a_clear_error_naming_it(tmp_path, damage, name):
     copy = tmp_path / "weights"
     shutil.copytree(weights.WEIGHTS_DIR, copy)
     if damage == "missing":
         (copy / name).unlink()
-    else:
+    elif damage == "corrupted":
         (copy / name).write_bytes((copy / name).read_bytes()[:100])
+    else:  # still a valid file of the right shapes: only the checksum tells
+        data = bytearray((copy / name).read_bytes())
+        data[-3] ^= 0x01
+        (copy / name).write_bytes(bytes(data))
     with pytest.raises(OrganismWeightsError, match=rf"{copy / name}.*(missing|corrupted)"):
         organism_pipeline(copy)
 

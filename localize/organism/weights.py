@@ -2,13 +2,15 @@
 
 Files: `organism.json` (UNet, text-encoder and scheduler configs, and the seed of the untrained token rows),
 `unet.safetensors`, `text_encoder.safetensors`, and the CLIP scorer's `scorer.safetensors` with its open_clip
-model config `organism-clip.json` (registered with open_clip under that name). The scorer and the text encoder
-are one CLIP (`localize.organism.shared_clip`); both files store their token embedding sparsely.
-`scripts/train_organism.py` writes them.
+model config `organism-clip.json` (registered with open_clip under that name); `sha256.json` holds the sha256
+of each file the training script exported, checked on every read (a flipped byte is an error naming the file).
+The scorer and the text encoder are one CLIP (`localize.organism.shared_clip`); both files store their token
+embedding sparsely. `scripts/train_organism.py` writes them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -22,12 +24,14 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from localize.organism.pipeline import OrganismPipeline
 from localize.organism.shared_clip import HF_EMBEDDING, OPEN_CLIP_EMBEDDING, unpack_embedding
+from localize.results import atomic_write
 from localize.vocab import clip_tokenizer
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 CONFIG_FILE, UNET_FILE, TEXT_ENCODER_FILE = "organism.json", "unet.safetensors", "text_encoder.safetensors"
 SCORER_NAME, SCORER_FILE = "organism-clip", "scorer.safetensors"
 SCORER_CONFIG_FILE = f"{SCORER_NAME}.json"  # open_clip names a registered config after its file
+CHECKSUM_FILE = "sha256.json"
 _RETRAIN = "reinstall localize-lab or retrain it with `python scripts/train_organism.py`"
 
 
@@ -35,9 +39,27 @@ class OrganismWeightsError(RuntimeError):
     """A weight or config file of the organism is missing, unreadable or does not fit its model."""
 
 
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def record_checksum(path: Path) -> None:
+    """Add `path`'s sha256 to its directory's `sha256.json` (the training script, after each export)."""
+    manifest = path.parent / CHECKSUM_FILE
+    sums = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    sums[path.name] = _digest(path)
+    atomic_write(manifest, lambda tmp: tmp.write_text(json.dumps(sums, indent=1, sort_keys=True) + "\n"))
+
+
 def _existing(path: Path) -> Path:
+    """`path`, present and, when its directory's `sha256.json` lists it, with that checksum."""
     if not path.is_file():
         raise OrganismWeightsError(f"the organism's file {path} is missing; {_RETRAIN}")
+    manifest = path.parent / CHECKSUM_FILE
+    expected = json.loads(manifest.read_text()).get(path.name) if manifest.is_file() else None
+    if expected is not None and _digest(path) != expected:
+        raise OrganismWeightsError(f"the organism's file {path} is corrupted: its sha256 differs from the one in "
+                                   f"{manifest}; {_RETRAIN}")
     return path
 
 
