@@ -11,6 +11,7 @@ is an error that writes nothing.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from localize.config import register_configs
@@ -49,19 +50,42 @@ def finished(cfg: DictConfig, out_dir: Path) -> bool:
             and _compared(OmegaConf.load(config)) == _compared(cfg))
 
 
-def _is_hydra_override(override: str) -> bool:
-    return override.lstrip("+~").startswith(("hydra.", "hydra/"))
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except OSError:  # e.g. a name longer than the file system allows: not a path
+        return False
+
+
+def _unwritable(directory: Path) -> str | None:
+    """Why `directory` cannot be created and written into (its nearest existing ancestor is a file, or not
+    writable), or None."""
+    existing = directory.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a directory"
+    return None if os.access(existing, os.W_OK | os.X_OK) else f"{existing} is not writable"
 
 
 def check_before_running(name: str, job, overrides: list[str]) -> None:
-    """Compose the job's config from `overrides` and check it before Hydra creates a run directory or anything
-    loads (a single run; a sweep's jobs check their own configs). Exits with the error naming the bad value."""
+    """Compose the job's config from `overrides` and check it, and that its run directory can be written, before
+    Hydra creates that directory or anything loads (a single run; a sweep's jobs check their own configs). Exits
+    with the error naming the bad value."""
     with initialize_config_module(config_module="localize.conf", version_base="1.3"):
         try:
-            job.check(compose(config_name=name, overrides=[o for o in overrides if not _is_hydra_override(o)]))
+            cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
+            run_dir = Path(str(cfg.hydra.run.dir))
+            with open_dict(cfg):
+                del cfg["hydra"]
+            job.check(cfg)
         except (HydraException, OmegaConfBaseException, ValueError, TypeError) as error:
             cause = f"\n{error.__cause__}" if isinstance(error, HydraException) and error.__cause__ else ""
             sys.exit(f"localize {name}: {error}{cause}")
+    why = _unwritable(run_dir)
+    if why is not None:
+        sys.exit(f"localize {name}: cannot write the run directory {run_dir}: {why}; give another with "
+                 "hydra.run.dir=DIR")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     jobs = load_jobs()
     register_configs(jobs)
     positional = jobs[name].positional
-    bare = len(argv) > 1 and not argv[1].startswith("-") and ("=" not in argv[1] or Path(argv[1]).exists())
+    bare = len(argv) > 1 and not argv[1].startswith("-") and ("=" not in argv[1] or _exists(argv[1]))
     if positional and bare:
         argv[1] = f"{positional}={quoted(argv[1])}"
     if not any(arg.startswith("-") for arg in argv[1:]):  # not a sweep (-m), --cfg, --help, ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -288,6 +289,9 @@ def unused_components(pipeline_class: type, present) -> dict:
 ORGANISM = "organism"  # the name `load_model` gives the embedded model organism
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w-]*(\.[\w-]+)*/[\w-]+(\.[\w-]+)*")  # owner/name; not ./x, ../x, ~/x, /x
+
+
 def load_model(
     name_or_path: str,
     family: str | None = None,
@@ -311,7 +315,14 @@ def load_model(
     path = Path(name_or_path)
     if path.exists() and not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"{path} is not a diffusers pipeline directory: it has no model_index.json")
-    index = DiffusionPipeline.load_config(name_or_path)
+    if not path.exists() and not HUB_ID.fullmatch(name_or_path):
+        raise FileNotFoundError(f"no local diffusers directory at {path.expanduser().resolve()}, and "
+                                f"{name_or_path!r} is not a hub id (owner/name)")
+    try:
+        index = DiffusionPipeline.load_config(name_or_path)
+    except OSError as error:
+        raise OSError(f"{name_or_path!r}: no local directory of that name (none at {path.resolve()}), and the hub "
+                      f"did not give it: {error}") from None
     pipeline_class = getattr(diffusers, index["_class_name"], DiffusionPipeline)
     skipped = unused_components(pipeline_class, index)
     pipeline = pipeline_class.from_pretrained(name_or_path, torch_dtype=parse_dtype(dtype), **skipped)

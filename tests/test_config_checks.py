@@ -32,6 +32,9 @@ BAD = [  # (job and overrides, what the error names)
     (["evaluate", "edit=tiem"], "unknown edit method 'tiem'"),
     (["evaluate", "batch_size=0"], "batch_size must be >= 1, got 0"),
     (["report", "outptu=x"], "outptu"),
+    (["report", "x" * 300], "is not a directory"),
+    (["report", "run_dir=/no/such/run"], "run_dir '/no/such/run' is not a directory"),
+    (["layers", "hydra.run.dir=/dev/null/run"], "/dev/null is a file, not a directory"),
     (["demo", "stages.0.job=trase"], "unknown job 'trase'"),
     (["demo", "common=['steps=0']"], "stage 'trace': steps must be >= 1, got 0"),
 ]
@@ -45,7 +48,7 @@ def test_bad_config_is_an_error_before_any_model_loads(argv, named, tmp_path, mo
     monkeypatch.setattr(Model, "__init__", no_model)
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
-        main([*argv, f"hydra.run.dir={out}", "hydra.job.chdir=false"])
+        main([*argv, *([] if any(a.startswith("hydra.run.dir=") for a in argv) else [f"hydra.run.dir={out}"])])
     assert isinstance(exit_info.value.code, str)  # sys.exit(message): printed to stderr, exit status 1
     assert named in exit_info.value.code
     assert not out.exists()

@@ -122,6 +122,12 @@ def test_load_model_rejects_a_directory_that_is_not_a_pipeline(tmp_path):
         load_model(str(tmp_path))
 
 
+@pytest.mark.parametrize("typo", ["/data/models/sd15-typo", "./models/sd15", "~/sd15", "../sd15"])
+def test_a_mistyped_local_path_is_named_without_asking_the_hub(typo):
+    with pytest.raises(FileNotFoundError, match=r"no local diffusers directory at .*is not a hub id \(owner/name\)"):
+        load_model(typo)
+
+
 PROMPTS = ["a photo of an astronaut riding a horse", "Hello,  World!! zxqv", "", "the king of zubrovia's crown"]
 
 

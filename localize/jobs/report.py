@@ -25,6 +25,15 @@ class ReportJob:
     output: str | None = None
 
 
+def check_report(cfg: DictConfig) -> None:
+    try:
+        found = Path(cfg.run_dir).is_dir()
+    except OSError:  # a name longer than the file system allows
+        found = False
+    if not found:
+        raise ValueError(f"run_dir {cfg.run_dir!r} is not a directory: give a job's or a sweep's output directory")
+
+
 def run_report(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     path, runs = write_report(Path(cfg.run_dir), Path(cfg.output) if cfg.output else None, exclude=out_dir)
     table = pd.DataFrame([{"run": str(run.path), "kind": run.kind} for run in runs])
@@ -33,4 +42,4 @@ def run_report(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     return table
 
 
-JOB = Job(ReportJob, "localize.jobs.report:run_report", positional="run_dir")
+JOB = Job(ReportJob, "localize.jobs.report:run_report", positional="run_dir", check=check_report)
