@@ -45,6 +45,16 @@ def test_efficacy_tells_correct_time_and_diffquickfix_from_scaled_and_random_upd
 
 
 @pytest.mark.slow
+def test_diffquickfix_spills_through_its_template_augmentation(readings):
+    """README: without TIME's templates DiffQuickFix keeps the other kings but no longer reaches the templated
+    prompts; with them it reaches them and moves the other kings."""
+    table = readings[""]
+    plain, correct = row(table, "diffquickfix", "no template augmentation"), row(table, "diffquickfix", "correct")
+    assert plain["specificity"] >= 0.8 > correct["specificity"]
+    assert plain["efficacy"] < 0.8 <= correct["efficacy"]
+
+
+@pytest.mark.slow
 def test_uce_debias_brings_the_doctor_within_ten_points_of_50_50(readings):
     debias = row(readings[""], "uce-debias", "correct")
     assert debias["red before"] <= 0.1 and 0.4 <= debias["red after"] <= 0.6
