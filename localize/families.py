@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import torch
 from diffusers import DiffusionPipeline, IFPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+from localize.organism.oracle import color_classifier, oracle_success, read_images
 from localize.organism.pipeline import OrganismPipeline
+from localize.organism.world import world_captions
 
 Conditioning = dict  # keyword arguments of `UNet2DConditionModel.forward` besides sample and timestep
 
@@ -120,13 +122,26 @@ def _encode_organism(pipeline: OrganismPipeline, prompts: list[str], size: tuple
 
 
 @dataclass(frozen=True)
+class GroundTruth:
+    """What a family whose world is known (the organism) gives methods and jobs in place of learned judges:
+    `read_images(images)` the exact reading of each image (a table with `shape`, `color`, `texture`),
+    `success(images, texts)` 1.0 per image that draws what its text should, `classifier(attributes)` an image
+    classifier over attribute prompts (debiasing), `captions()` the world's captions (ReFACT's key corpus)."""
+
+    read_images: Callable[[torch.Tensor], object]
+    success: Callable[[torch.Tensor, list[str]], object]
+    classifier: Callable[[list[str]], Callable[[torch.Tensor], list[int]]]
+    captions: Callable[[], list[str]]
+
+
+@dataclass(frozen=True)
 class Family:
     """One model family.
 
     `encode(pipeline, prompts, size)` returns the UNet conditioning of the prompts (one row each) for an
     image of `size` = (height, width) pixels; `uncond(pipeline, n, size)` the unconditional CFG rows;
     `prompt_text(pipeline, prompt)` the text the tokenizer actually receives, when the pipeline changes it
-    (token positions are computed on it).
+    (token positions are computed on it). `ground_truth`: the family's known world, when it has one.
     """
 
     name: str
@@ -138,6 +153,7 @@ class Family:
     uncond: Callable[[DiffusionPipeline, int, tuple[int, int]], Conditioning] | None = None
     max_tokens: int = 77  # the sequence length the pipelines encode (IF's is hard-coded in its pipeline too)
     prompt_text: Callable[[DiffusionPipeline, str], str] | None = None
+    ground_truth: GroundTruth | None = None
 
     def unconditional(self, pipeline: DiffusionPipeline, n: int, size: tuple[int, int]) -> Conditioning:
         if self.uncond is not None:
@@ -156,7 +172,8 @@ FAMILIES: dict[str, Family] = {
         Family("if", "DeepFloyd IF stage I", IFPipeline, ("text_encoder",), ("tokenizer",), _encode_if,
                prompt_text=_prompt_text_if),
         Family("organism", "the embedded model organism (16x16 pixel space, see localize.organism)",
-               OrganismPipeline, ("text_encoder",), ("tokenizer",), _encode_organism),
+               OrganismPipeline, ("text_encoder",), ("tokenizer",), _encode_organism,
+               ground_truth=GroundTruth(read_images, oracle_success, color_classifier, world_captions)),
     )
 }
 

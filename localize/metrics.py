@@ -3,9 +3,9 @@
 - CLIP score: `100 * max(cos(image, text), 0)` of an image with its own prompt (`ClipScorer.score`).
 - Zero-shot success (TIME / ReFACT efficacy, generality, specificity): 1 when the image's CLIP cosine with
   the text it should match exceeds its cosine with the text it should not, else 0 (per image and seed).
-- Oracle accuracy (the organism): 1 when the oracle's reading (shape, color, texture) of the image equals
-  what the world draws for the text the image should match (`world.parse_subject`; for a role, its most
-  likely color), else 0.
+- Oracle accuracy (the organism, `localize.organism.oracle.oracle_success`, reached through the family table's
+  `ground_truth`): 1 when the oracle's reading (shape, color, texture) of the image equals what the world draws
+  for the text the image should match (`world.parse_subject`; for a role, its most likely color), else 0.
 - Class accuracy: 1 when a classifier names the image's class (erased-class accuracy: lower after erasing).
 """
 
@@ -17,8 +17,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from localize.organism.oracle import read_images
-from localize.organism.world import parse_subject
 from localize.scoring import ClipScorer
 from localize.stats import confidence_interval
 
@@ -36,22 +34,6 @@ def zero_shot_success(scorer: ClipScorer, images: torch.Tensor, match: Sequence[
     good = cos[rows, [index[t] for t in match]]
     bad = cos[rows, [index[t] for t in mismatch]]
     return (good > bad).float().cpu().numpy()
-
-
-def expected_reading(text: str) -> dict[str, str]:
-    """What the organism's world draws for `text`: shape, color (the most likely one) and texture."""
-    subject = parse_subject(text)
-    if subject is None:
-        raise ValueError(f"{text!r} names no subject of the organism's world (see localize.organism.world)")
-    split = subject.color_split
-    return {"shape": subject.shape, "color": max(split, key=split.get), "texture": subject.texture}
-
-
-def oracle_success(images: torch.Tensor, texts: Sequence[str]) -> np.ndarray:
-    """Per organism image: 1.0 when the oracle reads exactly what the world draws for `texts[i]`, else 0.0."""
-    readings = read_images(images)
-    expected = pd.DataFrame([expected_reading(t) for t in texts])
-    return (readings[["shape", "color", "texture"]].to_numpy() == expected.to_numpy()).all(1).astype(float)
 
 
 def mean_intervals(table: pd.DataFrame, by: list[str], value: str = "value", confidence: float = 0.95,

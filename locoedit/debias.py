@@ -24,8 +24,6 @@ import torch
 
 from localize.generation import generate
 from localize.model import Model
-from localize.organism.oracle import read_images
-from localize.organism.world import COLORS
 from localize.scoring import ClipScorer
 from locoedit.cross_attention import PromptPair, Rows, pair_prompts, pair_rows, solve_projections
 from locoedit.edits import Edit, WeightUpdate
@@ -39,15 +37,6 @@ SEARCHES = ("bracket", "authors")
 def clip_classifier(scorer: ClipScorer, texts: Sequence[str]) -> Classifier:
     """Zero-shot: each image's attribute is the text of highest CLIP similarity."""
     return lambda images: scorer.similarity(images, list(texts)).argmax(1).tolist()
-
-
-def organism_classifier(attributes: list[str]):
-    """The oracle's color reading as the index of the attribute prompt naming that color (-1: none)."""
-    named = [next((c for c in COLORS if c in attribute.split()), None) for attribute in attributes]
-    if None in named:
-        raise ValueError(f"on the organism each debiasing attribute must name a color ({', '.join(COLORS)}); "
-                         f"got {attributes}")
-    return lambda images: [named.index(c) if c in named else -1 for c in read_images(images)["color"]]
 
 
 def shares(classes: Sequence[int], n: int) -> list[float]:

@@ -34,7 +34,7 @@ from localize.data import load_dataset
 from localize.figures import before_after_grid
 from localize.generation import generate_batches
 from localize.loading import model_from_config, scorer_from_config
-from localize.metrics import mean_intervals, oracle_success, zero_shot_success
+from localize.metrics import mean_intervals, zero_shot_success
 from localize.organism.oracle import read_images
 from localize.results import atomic_write, write_results
 from locoedit.api import edit
@@ -108,8 +108,8 @@ def measure(model, scorer, images: torch.Tensor, probes: list[Probe], classify: 
     if classify is not None and probes[0].label is not None:
         names = classify(images)
         measures["class_accuracy"] = np.array([n == p.label for n, p in zip(names, probes, strict=True)], float)
-    if model.family == "organism":
-        measures["oracle"] = oracle_success(images, [p.match for p in probes])
+    if model.spec.ground_truth is not None:
+        measures["oracle"] = model.spec.ground_truth.success(images, [p.match for p in probes])
     return pd.concat([base.assign(measure=name, value=values) for name, values in measures.items()],
                      ignore_index=True)
 

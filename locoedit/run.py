@@ -3,8 +3,8 @@
 Writes into the job's output directory: `edit.safetensors` (`locoedit.load_edit`), `lora.safetensors` (with
 `lora=true`), `images.png` (each evaluation prompt x seed before and after the edit), `summary.txt` (the edit's
 report: wall time, parameters changed, rank), and `results.parquet`: one row per prompt x seed x phase
-(`before` / `after`) with the organism oracle's reading (shape, color, texture) on the organism, else the CLIP
-score of the image against its prompt; config values as columns.
+(`before` / `after`) with the ground truth's reading (shape, color, texture) on a family that has one (the
+organism's oracle), else the CLIP score of the image against its prompt; config values as columns.
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ from localize.figures import before_after_grid
 from localize.generation import generate
 from localize.loading import model_from_config, scorer_from_config
 from localize.model import Model
-from localize.organism.oracle import read_images
 from localize.results import atomic_write, write_results
 from localize.tokens import token_ids
 from locoedit.api import edit
-from locoedit.debias import clip_classifier, organism_classifier
+from locoedit.debias import clip_classifier
 
 
 def _readings(model: Model, scorer, images, prompts: list[str]) -> pd.DataFrame:
-    if model.family == "organism":
-        return read_images(images)
+    """The ground truth's exact reading when the family has one (the organism), else the CLIP score."""
+    if model.spec.ground_truth is not None:
+        return model.spec.ground_truth.read_images(images)
     return pd.DataFrame({"clip_score": scorer.score(images, prompts).cpu().numpy()})
 
 
@@ -37,11 +37,12 @@ def run_edit(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     for prompt in cfg.evaluate:  # before the edit is computed and saved
         for tokenizer in model.tokenizers:
             token_ids(tokenizer, prompt, limit=model.spec.max_tokens)
+    truth = model.spec.ground_truth
     debiasing = cfg.method == "uce" and params.get("mode") in ("debias", "joint") and params.get("attributes")
-    scorer = scorer_from_config(cfg.scorer, model.device) if model.family != "organism" or debiasing else None
+    scorer = scorer_from_config(cfg.scorer, model.device) if truth is None or debiasing else None
     if debiasing:
         attributes = list(params.get("attributes", []))
-        params["classify"] = (organism_classifier(attributes) if model.family == "organism"
+        params["classify"] = (truth.classifier(attributes) if truth is not None
                               else clip_classifier(scorer, attributes))
     result = edit(model, cfg.method, **params)
     result.save(out_dir / "edit.safetensors")
@@ -64,7 +65,7 @@ def run_edit(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     lines = [f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in report.items()]
     if result.info:
         lines.append(f"info: {result.info}")
-    if cfg.evaluate and model.family == "organism":
+    if cfg.evaluate and truth is not None:
         wide = table.pivot_table(index="prompt", columns="phase", values="color",
                                  aggfunc=lambda c: ", ".join(f"{k} {v}" for k, v in c.value_counts().items()))
         lines.append("oracle colors by prompt:\n" + wide.to_string())

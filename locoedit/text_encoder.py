@@ -157,12 +157,11 @@ def diffquickfix(model: Model, source: str | Sequence[str], destination: str | S
 
 
 def default_corpus(model: Model) -> list[str]:
-    """Prompts whose keys estimate ReFACT's key covariance: the organism's world captions for the organism, the
-    lab's object, style and fact prompt sets (with their neutral prompts) for real models."""
-    if model.family == "organism":
-        from localize.organism.world import TRAIN_TEMPLATES, all_subjects
-
-        return [template.format(subject.phrase) for subject in all_subjects() for template in TRAIN_TEMPLATES]
+    """Prompts whose keys estimate ReFACT's key covariance: the world's captions for a family that has one
+    (the organism, `Family.ground_truth`), the lab's object, style and fact prompt sets (with their neutral
+    prompts) for real models."""
+    if model.spec.ground_truth is not None:
+        return model.spec.ground_truth.captions()
     prompts = []
     for name in ("objects", "styles", "facts"):
         config = OmegaConf.load(str(resources.files("localize.conf") / "prompts" / f"{name}.yaml"))

@@ -45,7 +45,7 @@ import torch
 import locoedit
 from localize import generate, load_model
 from localize.conditioning import text_contexts
-from localize.organism.oracle import read_images
+from localize.organism.oracle import color_classifier, read_images
 from localize.organism.world import (
     ARTISTS,
     FACTS,
@@ -58,7 +58,6 @@ from localize.organism.world import (
 from localize.patches import Patch
 from localize.tokens import last_subject_token, phrase_positions
 from locoedit.cross_attention import PromptPair, pair_rows, solve_projections
-from locoedit.debias import organism_classifier
 from locoedit.edits import Edit, WeightUpdate
 from locoedit.methods import chosen_layers
 from locoedit.prompts import TIME_TEMPLATES, augmented_pairs
@@ -379,7 +378,7 @@ def main() -> None:
     bias_seeds = list(range(args.bias_seeds))
     before = read(model, ["a doctor"], bias_seeds)
     debias = locoedit.edit(model, "uce", mode="debias", concept="a doctor", attributes=attributes,
-                           classify=organism_classifier(attributes), seeds=range(1000, 1000 + args.bias_seeds))
+                           classify=color_classifier(attributes), seeds=range(1000, 1000 + args.bias_seeds))
     after = read(model, ["a doctor"], bias_seeds, debias)
     red = lambda prompt: ("cross", "red", "plain")  # noqa: E731
     print(f"uce debias: red share {share(before, red):.2f} before, {share(after, red):.2f} after (goal 0.40-0.60)")

@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from localize.organism.oracle import read_images
+from localize.organism.oracle import color_classifier, read_images
 from locoedit import edit
-from locoedit.debias import organism_classifier, search_weights
+from locoedit.debias import search_weights
 
 
 def softmax_response(steepness: float, bias: list[float]):
@@ -51,7 +51,7 @@ def test_debias_evens_the_organisms_doctor(organism):
     oracle reads about half red on seeds the search never saw."""
     attributes = ["a red doctor", "a blue doctor"]
     result = edit(organism, "uce", mode="debias", concept="a doctor", attributes=attributes,
-                  classify=organism_classifier(attributes), seeds=range(100, 116), steps=10, tolerance=0.1)
+                  classify=color_classifier(attributes), seeds=range(100, 116), steps=10, tolerance=0.1)
     assert result.info["history"][0]["shares"][0] < 0.2
     from localize import generate
 

@@ -15,7 +15,8 @@ from localize.data import (
     load_timed,
     shipped,
 )
-from localize.metrics import expected_reading, mean_intervals, oracle_success, zero_shot_success
+from localize.metrics import mean_intervals, zero_shot_success
+from localize.organism.oracle import expected_reading, oracle_success
 from localize.organism.world import Scene, Subject, parse_subject, render
 from localize.scoring import image_features_input, trained_with_quick_gelu
 from locoedit.evaluate import SHOWN, Probe, edit_probes, shown

@@ -1,4 +1,5 @@
-"""The exact attribute oracle: reads shape, color and texture off organism images by direct measurement.
+"""The exact attribute oracle: reads shape, color and texture off organism images by direct measurement, and
+judges them against what the world draws (`oracle_success`, `color_classifier`).
 
 Each image is fit by every scene layout of the world: a shape at one of the 9 offsets filled with one flat
 color (its least-squares value, the mean of the pixels under the mask) over one of the background textures.
@@ -10,11 +11,22 @@ Gaussian pixel noise, and `error` (mean squared residual per pixel) says how wel
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
-from localize.organism.world import COLORS, SHAPES, SHIFTS, SIZE, TEXTURES, shape_mask, texture_image
+from localize.organism.world import (
+    COLORS,
+    SHAPES,
+    SHIFTS,
+    SIZE,
+    TEXTURES,
+    parse_subject,
+    shape_mask,
+    texture_image,
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -55,3 +67,29 @@ def read_images(images: torch.Tensor) -> pd.DataFrame:
         "texture": [TEXTURES[i] for i in texture_index.tolist()],
         "error": (total.flatten(1)[rows, best] / (3 * SIZE * SIZE)).tolist(),
     })
+
+
+def expected_reading(text: str) -> dict[str, str]:
+    """What the organism's world draws for `text`: shape, color (the most likely one) and texture."""
+    subject = parse_subject(text)
+    if subject is None:
+        raise ValueError(f"{text!r} names no subject of the organism's world (see localize.organism.world)")
+    split = subject.color_split
+    return {"shape": subject.shape, "color": max(split, key=split.get), "texture": subject.texture}
+
+
+def oracle_success(images: torch.Tensor, texts: Sequence[str]) -> np.ndarray:
+    """Per organism image: 1.0 when the oracle reads exactly what the world draws for `texts[i]`, else 0.0."""
+    readings = read_images(images)
+    expected = pd.DataFrame([expected_reading(t) for t in texts])
+    return (readings[["shape", "color", "texture"]].to_numpy() == expected.to_numpy()).all(1).astype(float)
+
+
+def color_classifier(attributes: list[str]) -> Callable[[torch.Tensor], list[int]]:
+    """Debiasing's classifier on the organism: the oracle's color reading as the index of the attribute prompt
+    naming that color (-1: none)."""
+    named = [next((c for c in COLORS if c in attribute.split()), None) for attribute in attributes]
+    if None in named:
+        raise ValueError(f"on the organism each debiasing attribute must name a color ({', '.join(COLORS)}); "
+                         f"got {attributes}")
+    return lambda images: [named.index(c) if c in named else -1 for c in read_images(images)["color"]]

@@ -243,6 +243,11 @@ def all_subjects(with_styles: bool = True) -> list[Subject]:
     return subjects
 
 
+def world_captions() -> list[str]:
+    """Every subject of the world under every training template: the captions the organism was trained on."""
+    return [template.format(subject.phrase) for subject in all_subjects() for template in TRAIN_TEMPLATES]
+
+
 @dataclass
 class CaptionSampler:
     """Random training captions: a subject (kinds weighted by `weights`), a style with `style_p`, a training
