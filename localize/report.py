@@ -14,10 +14,11 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
-from localize.results import atomic_write
+from localize.results import atomic_write, listed
 
 # kind -> (the file that marks it, the metric tables it shows: file, title, columns (None: all), top rows)
 KINDS: dict[str, tuple[str, list[tuple[str, str, list[str] | None, int | None]]]] = {
@@ -77,6 +78,7 @@ def _table(path: Path, title: str, columns: list[str] | None, top: int | None) -
         table = table[[c for c in columns if c in table.columns]]
     if top is not None and "effect" in table.columns:
         table = table.sort_values("effect", ascending=False).head(top)
+    table = table.map(lambda v: listed(v) if isinstance(v, (list, tuple, np.ndarray)) else v)  # list columns
     body = table.to_html(index=False, float_format=lambda v: f"{v:.3g}", border=0, classes="metrics")
     return f"<h4>{html.escape(title)}</h4>{body}"
 

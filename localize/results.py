@@ -98,3 +98,8 @@ def write_results(table: pd.DataFrame, cfg: DictConfig, out_dir: Path) -> Path:
     table = table.assign(**{key: value for key, value in config_columns(cfg).items() if key not in table})
     atomic_write(out_dir / "config.yaml", lambda tmp: tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True)))
     return atomic_write(out_dir / "results.parquet", lambda tmp: table.to_parquet(tmp, index=False))
+
+
+def listed(values) -> str:
+    """A list cell of a results table (a list, or the array parquet reads it back as) as text: "6, 7"."""
+    return ", ".join(map(str, values))

@@ -55,13 +55,13 @@ def chosen_layers(results: str | Path, model: Model | None = None) -> list[int]:
     missing = {"chosen", "layers"} - set(table.columns)
     if missing:
         raise ValueError(f"{path} is not a LOCOGEN results file: it has no {', '.join(sorted(missing))} column")
-    chosen = table.loc[table["chosen"], "layers"].unique()
+    chosen = {tuple(int(k) for k in layers) for layers in table.loc[table["chosen"], "layers"]}
     if len(chosen) != 1:
         raise ValueError(f"{path} marks {len(chosen)} chosen windows; expected exactly one")
-    layers = [int(k) for k in str(chosen[0]).split(",")]
+    layers = list(chosen.pop())
     if model is not None:
         families = table["model.family"].dropna().unique().tolist() if "model.family" in table else []
-        names = str(table.loc[table["chosen"], "names"].iloc[0]).split(",") if "names" in table else None
+        names = list(table.loc[table["chosen"], "names"].iloc[0]) if "names" in table else None
         n = len(model.cross_attention_layers)
         ours = [model.cross_attention_layers[k].name if 0 <= k < n else None for k in layers]
         if families not in ([], [model.family]) or (names is not None and names != ours):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from localize.results import atomic_write
+from localize.results import atomic_write, listed
 from localize.stats import confidence_interval
 
 
@@ -16,7 +16,8 @@ def window_summary(table: pd.DataFrame, confidence: float = 0.95, resamples: int
     """One row per window: `score` mean and CI, `effect` mean and CI, `units`; `chosen` marks the window with the
     largest mean effect (the one that moves the score furthest in the objective's direction)."""
     rows = []
-    for (window, layers, names), group in table.groupby(["window", "layers", "names"], sort=True):
+    for window, group in table.groupby("window", sort=True):
+        layers, names = list(group["layers"].iloc[0]), list(group["names"].iloc[0])
         score_low, score_high = confidence_interval(group["score"].to_numpy(), confidence, resamples, seed)
         effect_low, effect_high = confidence_interval(group["effect"].to_numpy(), confidence, resamples, seed)
         rows.append({"window": window, "layers": layers, "names": names, "score": group["score"].mean(),
@@ -41,7 +42,7 @@ def layer_curve(table: pd.DataFrame, summary: pd.DataFrame, title: str, objectiv
     axes.axhline(units["score_altered"].mean(), color="gray", linestyle=":", label="altered prompt")
     chosen = summary[summary["chosen"]].iloc[0]
     axes.axvline(chosen["window"], color="tab:red", alpha=0.6,
-                 label=f"chosen: layers {chosen['layers']}")
+                 label=f"chosen: layers {listed(chosen['layers'])}")
     axes.set_xlabel(f"window start (cross-attention layer, execution order); objective: {objective}")
     axes.set_ylabel("CLIP score")
     axes.set_xticks(list(summary["window"]))

@@ -72,7 +72,8 @@ def serial_window_scores(model: Model, scorer: ClipScorer, unit: Unit, settings:
 def search(
     model: Model, scorer: ClipScorer, units: Sequence[Unit], settings: SearchSettings, progress: bool = False
 ) -> pd.DataFrame:
-    """One row per unit x window: `window` (index = start layer), `layers`, `names`, `score` and the unit's
+    """One row per unit x window: `window` (index = start layer), `layers` (the window's cross-attention layer
+    indices, a list) and their module `names` (a list), `score` and the unit's
     `score_original` and `score_altered`; `effect` = how far the window moves the score in the objective's
     direction from the original (positive = towards the altered prompt)."""
     altered, original, window_scores = batched_window_scores(model, scorer, units, settings, progress)
@@ -83,8 +84,8 @@ def search(
         for window, score in zip(all_windows, scores, strict=True):
             rows.append({
                 "prompt": unit.prompt, "altered": unit.altered, "text": unit.text, "seed": unit.seed,
-                "window": window[0], "layers": ",".join(map(str, window)),
-                "names": ",".join(model.cross_attention_layers[k].name for k in window),
+                "window": window[0], "layers": list(window),
+                "names": [model.cross_attention_layers[k].name for k in window],
                 "score": score, "score_original": o, "score_altered": a, "effect": sign * (score - o),
             })
     return pd.DataFrame(rows)

@@ -16,7 +16,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from localize.loading import model_from_config, scorer_from_config
-from localize.results import atomic_write, write_results
+from localize.results import atomic_write, listed, write_results
 from locogen.curves import layer_curve, neuron_curve, neuron_summary, window_summary
 from locogen.job import neuron_settings_of, objective_of, search_settings, units_of
 from locogen.layer_search import search
@@ -44,10 +44,11 @@ def run_locogen(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     text = (f"{title}\nobjective: {objective} the CLIP score; {len(units_table)} units (prompts x seeds)\n"
             f"mean score: original {units_table['score_original'].mean():.2f}, altered "
             f"{units_table['score_altered'].mean():.2f}\n"
-            f"chosen window: layers {chosen['layers']} ({chosen['names']})\n"
+            f"chosen window: layers {listed(chosen['layers'])} ({listed(chosen['names'])})\n"
             f"  score {chosen['score']:.2f} [{chosen['score_ci_low']:.2f}, {chosen['score_ci_high']:.2f}], "
             f"effect {chosen['effect']:.2f} [{chosen['effect_ci_low']:.2f}, {chosen['effect_ci_high']:.2f}]\n"
             + summary[["window", "layers", "score", "effect", "effect_ci_low", "effect_ci_high"]]
+            .assign(layers=summary["layers"].map(listed))
             .to_string(index=False, float_format=lambda v: f"{v:.2f}") + "\n" + neuron_text)
     atomic_write(out_dir / "summary.txt", lambda tmp: tmp.write_text(text))
     print(text, end="")
@@ -57,7 +58,7 @@ def run_locogen(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
 
 def _neurons(cfg: DictConfig, model, scorer, chosen, settings: NeuronSettings, title: str, out_dir: Path) -> str:
     """Neuron scores and the ablation curve in the chosen window; returns the summary's neuron lines."""
-    layers = [int(k) for k in chosen["layers"].split(",")]
+    layers = [int(k) for k in chosen["layers"]]
     entries = cfg.prompts.entries
     prompts = list(dict.fromkeys(e.prompt for e in entries))
     neutral = list(dict.fromkeys(e.neutral or e.altered for e in entries))
@@ -69,8 +70,8 @@ def _neurons(cfg: DictConfig, model, scorer, chosen, settings: NeuronSettings, t
     ranked = pd.DataFrame([vars(n) for n in scores.neurons]).assign(t=scores.t)
     atomic_write(out_dir / "neuron_scores.parquet", lambda tmp: ranked.to_parquet(tmp, index=False))
     atomic_write(out_dir / "neurons.parquet", lambda tmp: curve.to_parquet(tmp, index=False))
-    neuron_curve(summary, f"{title}\n{settings.ablation}-ablated neurons of layers {chosen['layers']}",
+    neuron_curve(summary, f"{title}\n{settings.ablation}-ablated neurons of layers {listed(layers)}",
                  out_dir / "neuron_curve.png")
     wide = summary.pivot_table(index="k", columns="selection", values="drop")
-    return (f"neurons ({settings.ablation} ablation, layers {chosen['layers']}, {len(scores.neurons)} candidates): "
+    return (f"neurons ({settings.ablation} ablation, layers {listed(layers)}, {len(scores.neurons)} candidates): "
             "mean CLIP drop by k\n" + wide.to_string(float_format=lambda v: f"{v:.2f}") + "\n")

@@ -90,16 +90,17 @@ def test_locogen_job_writes_the_chosen_window_curve_and_summary(tmp_path, organi
     assert "objective: raise the CLIP score" in result.stdout
     table = pd.read_parquet(out / "results.parquet")
     assert len(table) == 3 * (10 - 3 + 1) and (table["m"] == 3).all()
-    chosen = table.loc[table["chosen"], "layers"].unique()
-    assert len(chosen) == 1 and f"chosen window: layers {chosen[0]}" in result.stdout
+    chosen = {tuple(layers) for layers in table.loc[table["chosen"], "layers"]}  # a list column
+    assert len(chosen) == 1 and len(next(iter(chosen))) == 3
+    layers = list(next(iter(chosen)))
+    assert f"chosen window: layers {', '.join(map(str, layers))}" in result.stdout
     windows = pd.read_parquet(out / "windows.parquet")
-    assert windows.loc[windows["chosen"], "layers"].item() == chosen[0]
+    assert list(windows.loc[windows["chosen"], "layers"].iloc[0]) == layers
     for name in ("layer_curve.png", "neuron_curve.png", "summary.txt", "config.yaml"):
         assert (out / name).stat().st_size > 0
     neurons = pd.read_parquet(out / "neurons.parquet")
     assert len(neurons) == 3 * 2 * 2 and set(neurons["k"]) == {1, 8}
     scores = pd.read_parquet(out / "neuron_scores.parquet")
-    layers = [int(k) for k in chosen[0].split(",")]
     width = sum(organism.cross_attention_layers[k].key.out_features for k in layers)
     assert set(scores["layer"]) == set(layers) and len(scores) == 2 * width  # to_k and to_v
 

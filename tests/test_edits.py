@@ -255,7 +255,7 @@ def test_neuron_ablation_zeroes_exactly_its_rows(fresh, tmp_path):
 
 def test_locoedit_reads_locogens_chosen_window(fresh, tmp_path):
     model = fresh()
-    pd.DataFrame({"window": [0, 1, 2], "layers": ["0,1", "1,2", "2,3"], "chosen": [False, True, False]}).to_parquet(
+    pd.DataFrame({"window": [0, 1, 2], "layers": [[0, 1], [1, 2], [2, 3]], "chosen": [False, True, False]}).to_parquet(
         tmp_path / "results.parquet")
     result = edit(model, "locoedit", source="a house in the style of Monet", destination="a house",
                   results=str(tmp_path / "results.parquet"))
@@ -467,8 +467,8 @@ def test_each_method_is_a_typed_function_equal_to_its_dispatch(fresh):
 def test_locoedit_refuses_a_locogen_result_of_another_model(fresh, tmp_path):
     sd1, sdxl = fresh("sd1"), fresh("sdxl")
     chosen = [0, 1]
-    table = pd.DataFrame({"layers": ["0,1", "1,2"], "chosen": [True, False], "model.family": ["sdxl", "sdxl"],
-                          "names": [",".join(sdxl.cross_attention_layers[k].name for k in chosen), "x"]})
+    table = pd.DataFrame({"layers": [[0, 1], [1, 2]], "chosen": [True, False], "model.family": ["sdxl", "sdxl"],
+                          "names": [[sdxl.cross_attention_layers[k].name for k in chosen], ["x", "y"]]})
     table.to_parquet(tmp_path / "results.parquet")
     assert edit(sdxl, "locoedit", source=SOURCE, destination="a pack of tulips",
                 results=str(tmp_path / "results.parquet")).updates

@@ -43,7 +43,7 @@ def _fake_run(path, kind_file=None):
     figure.savefig(path / "curve.png")
     plt.close(figure)
     if kind_file:
-        pd.DataFrame({"window": [0], "layers": ["0,1"], "score": [1.0], "effect": [2.0], "effect_ci_low": [1.0],
+        pd.DataFrame({"window": [0], "layers": [[0, 1]], "score": [1.0], "effect": [2.0], "effect_ci_low": [1.0],
                       "effect_ci_high": [3.0], "chosen": [True]}).to_parquet(path / kind_file)
 
 
@@ -150,14 +150,15 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
     assert result.returncode == 0, result.stderr
     stages = pd.read_parquet(out / "results.parquet")
     assert stages["stage"].tolist() == ["trace", "locogen", "locoedit", "time", "uce", "evaluate"]
-    chosen = pd.read_parquet(out / "locogen" / "windows.parquet").query("chosen")["layers"].item()
+    chosen = list(pd.read_parquet(out / "locogen" / "windows.parquet").query("chosen")["layers"].iloc[0])
     from locoedit import load_edit
 
     locoedit = load_edit(out / "locoedit" / "edit.safetensors")
-    layers = {int(k) for k in chosen.split(",")}
+    layers = set(chosen)
     edited = {address.split(".attentions")[0] for address in locoedit.updates}
     assert len(edited) >= 1 and locoedit.params["results"].endswith("locogen/results.parquet")
-    assert f"LOCOGEN chose cross-attention layers {chosen}" in result.stdout and len(layers) == 2
+    assert f"LOCOGEN chose cross-attention layers {', '.join(map(str, chosen))}" in result.stdout
+    assert len(layers) == 2
     assert f"report: {(out / 'report.html').resolve()}" in result.stdout
     page = (out / "report.html").read_text()
     assert page.count("<section") == 7 and page.count("data:image/png;base64,") >= 8

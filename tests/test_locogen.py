@@ -74,7 +74,7 @@ def test_batched_equals_the_reference_loop(organism64, scorer64):
 def test_search_table_and_the_chosen_window(organism, scorer):
     table = search(organism, scorer, [APPLE], SearchSettings(m=2, steps=3))
     assert list(table["window"]) == list(range(9))
-    assert table.loc[0, "layers"] == "0,1" and table.loc[0, "names"].count(",") == 1
+    assert list(table.loc[0, "layers"]) == [0, 1] and len(table.loc[0, "names"]) == 2
     assert (table["effect"] == table["score_original"] - table["score"]).all()  # objective lower
     summary = window_summary(table)
     assert summary["chosen"].sum() == 1
@@ -83,7 +83,7 @@ def test_search_table_and_the_chosen_window(organism, scorer):
 
 def test_window_summary_means_and_raise_objective():
     table = pd.DataFrame([
-        {"window": w, "layers": f"{w},{w + 1}", "names": "", "score": s, "effect": e, "prompt": p, "seed": 0}
+        {"window": w, "layers": [w, w + 1], "names": ["", ""], "score": s, "effect": e, "prompt": p, "seed": 0}
         for w, p, s, e in [(0, "a", 10, 1), (0, "b", 12, 3), (1, "a", 20, 11), (1, "b", 18, 9)]
     ])
     summary = window_summary(table)

@@ -23,7 +23,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from localize.jobs import Job, load_jobs
 from localize.report import write_report
-from localize.results import atomic_write, write_results
+from localize.results import atomic_write, listed, write_results
 
 
 @dataclass
@@ -106,7 +106,7 @@ def headline(job: str, run: Path) -> str:
     if job == "locogen":
         windows = pd.read_parquet(run / "windows.parquet")
         chosen = windows[windows["chosen"]].iloc[0]
-        return (f"LOCOGEN chose cross-attention layers {chosen['layers']} (effect {chosen['effect']:.2f} "
+        return (f"LOCOGEN chose cross-attention layers {listed(chosen['layers'])} (effect {chosen['effect']:.2f} "
                 f"[{chosen['effect_ci_low']:.2f}, {chosen['effect_ci_high']:.2f}]) of {len(windows)} windows")
     if job == "edit":
         table = pd.read_parquet(run / "results.parquet")
