@@ -21,30 +21,42 @@ class PatchRun:
     """Live state the hooks read: the batch layout and the current denoising step.
 
     `halves` names the CFG halves of the batch the next forward sees, in order: `("uncond", "cond")` for
-    a guided UNet call, `("cond",)` for encoding prompts (the default), `("uncond",)` for the empty prompts.
+    a guided UNet call, `("cond",)` for encoding prompts, `("uncond",)` for the empty prompts; `generate` sets
+    it before each forward. None (the start): the layout is unknown, so only patches that apply to every row
+    alike (`Patch.reads_layout` False) may run, e.g. around the pipeline's own call; the others are an error.
     `step` is the index of the current denoising step (None outside a denoising loop).
     """
 
     def __init__(self, rows: int | None):
         self.rows = rows
-        self.halves: tuple[str, ...] = ("cond",)
+        self.halves: tuple[str, ...] | None = None
         self.step: int | None = None
 
     def apply(self, entries: Sequence[tuple[Patch, Site]], x: torch.Tensor) -> torch.Tensor:
         """`x` with the patches applied in order; each patch is read through its own site's axis conventions."""
-        n_halves = len(self.halves)
-        rows = self.rows if self.rows is not None else x.shape[0] // n_halves
-        if x.shape[0] != rows * n_halves:
+        if self.halves is None:
+            reading = [patch for patch, _ in entries if patch.reads_layout]
+            if reading:
+                raise RuntimeError(
+                    f"patch on {reading[0].site!r} picks rows or a CFG branch, but the batch layout of this forward "
+                    "is unknown: `localize.generate(..., patches=...)` sets it; around another call, set the "
+                    "yielded run's `halves` (e.g. ('uncond', 'cond') for a guided UNet call) first")
+        halves = self.halves or ("cond",)  # an unknown layout: every row alike (checked above)
+        if self.halves is None:
+            rows = x.shape[0]
+        else:
+            rows = self.rows if self.rows is not None else x.shape[0] // len(halves)
+        if x.shape[0] != rows * len(halves):
             raise RuntimeError(
                 f"site {entries[0][1].name!r} saw a batch of {x.shape[0]} rows, expected {rows} prompt rows x "
-                f"{n_halves} CFG halves {self.halves}"
+                f"{len(halves)} CFG halves {halves}"
             )
         out = None
         for patch, site in entries:
             if not site.in_text_encoder and not patch.active_at(self.step):
                 continue
             prompt_rows = list(patch.rows) if patch.rows is not None else list(range(rows))
-            for h, half in enumerate(self.halves):
+            for h, half in enumerate(halves):
                 if patch.branch not in ("both", half):
                     continue
                 out = x.clone() if out is None else out
@@ -83,10 +95,9 @@ def _check(patch: Patch, site: Site, model: Model, rows: int | None, steps: int 
 def patching(
     model: Model, patches: Sequence[Patch], rows: int | None = None, steps: int | None = None
 ) -> Iterator[PatchRun]:
-    """Install `patches` on `model` for the block; yields the `PatchRun` whose layout the caller sets.
-
-    `rows` (prompt rows per batch) and `steps` (denoising steps) are checked against the patches up front.
-    """
+    """Install `patches` on `model` for the block; yields the `PatchRun` whose layout the caller sets
+    (`generate` does; see `PatchRun`). `rows` (prompt rows per batch) and `steps` (denoising steps) are checked
+    against the patches up front."""
     resolved = [(patch, resolve_site(model, patch.site)) for patch in patches]
     for patch, site in resolved:
         _check(patch, site, model, rows, steps)

@@ -91,6 +91,7 @@ def generate(
                          for patch in patches)
     uncond = spec.unconditional(model.pipeline, 1, size) if cfg and not per_row_uncond else None
     with patching(model, patches, rows=n, steps=len(scheduler.timesteps)) as run:
+        run.halves = ("cond",)
         conditioning = spec.encode(model.pipeline, prompts, size)
         if cfg:
             run.halves = ("uncond",)

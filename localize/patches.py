@@ -52,6 +52,12 @@ class Patch:
     std: float = 1.0
     seed: int = 0
 
+    @property
+    def reads_layout(self) -> bool:
+        """Whether the patch needs the batch layout (which rows are which prompts, which half is which): it picks
+        rows or a CFG branch, or copies from other rows."""
+        return self.rows is not None or self.branch != "both" or self.op in ("restore", "mean_ablate")
+
     def __post_init__(self):
         if self.op not in OPERATIONS:
             raise ValueError(f"unknown patch operation {self.op!r}; valid: {', '.join(OPERATIONS)}")

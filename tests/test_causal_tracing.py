@@ -40,7 +40,8 @@ def test_corruption_touches_only_the_attribute_embeddings_of_the_conditional_row
     assert positions == [[7, 8]]  # <start> a photo of the king of zar nia <end>: "Zarnia" is two tokens
     seen = []
     patches = corruption_patches(positions, [0.1], seed=1, rows=[1])
-    with patching(organism, patches, rows=2):
+    with patching(organism, patches, rows=2) as run:
+        run.halves = ("cond",)  # encoding the prompts: the conditional rows
         handle = organism.text_encoder_embeddings(0).register_forward_hook(lambda m, a, out: seen.append(out))
         try:
             organism.spec.encode(organism.pipeline, [KING.prompt] * 2, (16, 16))

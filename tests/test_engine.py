@@ -193,3 +193,20 @@ def test_sdxl_penultimate_layer_patches_reach_the_conditioning_after_earlier_enc
     misses = model.context_cache.misses
     torch.testing.assert_close(text_contexts(model, [PROMPT]), clean, rtol=0, atol=0)
     assert model.context_cache.misses == misses  # read from the cache
+
+
+def test_patching_around_the_pipelines_own_call(sd1):
+    """A patch that treats every row alike works around any forward, the pipeline's own call included, and equals
+    the same patch in `generate`; a patch that picks rows or a CFG branch needs the layout `generate` sets, and
+    around the pipeline it is an error rather than landing on the unconditional half."""
+    everywhere = Patch("cross_attn.3.context", op="zero")
+    generators = [torch.Generator("cpu").manual_seed(0)]
+    with patching(sd1, [everywhere]):
+        pipeline = sd1.pipeline([PROMPT], num_inference_steps=STEPS, guidance_scale=7.5, generator=generators,
+                                output_type="pt")[0]
+    patched = run(sd1, [everywhere])
+    assert (pipeline.float() - patched).abs().max() <= 1e-5
+    assert (patched - run(sd1)).abs().max() > 1e-3
+    with pytest.raises(RuntimeError, match="picks rows or a CFG branch, but the batch layout of this forward"):
+        with patching(sd1, [Patch("cross_attn.3.context", op="zero", rows=[0])]):
+            sd1.pipeline([PROMPT], num_inference_steps=STEPS, guidance_scale=7.5, output_type="pt")
