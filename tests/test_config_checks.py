@@ -37,6 +37,7 @@ BAD = [  # (job and overrides, what the error names)
     (["layers", "hydra.run.dir=/dev/null/run"], "/dev/null is a file, not a directory"),
     (["demo", "stages.0.job=trase"], "unknown job 'trase'"),
     (["demo", "common=['steps=0']"], "stage 'trace': steps must be >= 1, got 0"),
+    (["demo", "stages.3.overrides=['+params.lamda=0.1']"], "stage 'time': time takes no parameter(s) lamda"),
 ]
 
 

@@ -148,8 +148,8 @@ def check_demo(cfg: DictConfig) -> None:
             if not stage.inputs:
                 try:
                     jobs[stage.job].check(compose(config_name=stage.job, overrides=[*stage.overrides, *cfg.common]))
-                except ValueError as error:
-                    raise ValueError(f"stage {stage.name!r}: {error}") from None
+                except (ValueError, TypeError) as error:  # a bad value, an edit parameter the method lacks
+                    raise type(error)(f"stage {stage.name!r}: {error}") from None
 
 
 def run_demo(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
