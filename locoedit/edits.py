@@ -39,7 +39,7 @@ def tensor_hash(tensor: torch.Tensor) -> str:
     """sha256 of a tensor's shape and its values rounded to float16."""
     data = tensor.detach().to("cpu", torch.float16).contiguous()
     digest = hashlib.sha256(str(tuple(data.shape)).encode())
-    digest.update(data.view(torch.uint8).numpy().tobytes())
+    digest.update(data.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())  # any strides
     return digest.hexdigest()
 
 
@@ -170,7 +170,7 @@ class Edit:
     def _tensors(self) -> dict[str, torch.Tensor]:
         tensors = {}
         for address, update in self.updates.items():
-            tensors[f"{address}:up"], tensors[f"{address}:down"] = update.up, update.down
+            tensors[f"{address}:up"], tensors[f"{address}:down"] = update.up.contiguous(), update.down.contiguous()
         return tensors
 
     def _entry(self, model: Model) -> int | None:
@@ -242,7 +242,7 @@ def _content_hash(header: dict, tensors: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
     for name in sorted(tensors):
         digest.update(name.encode())
-        digest.update(tensors[name].contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensors[name].detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

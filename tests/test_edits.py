@@ -474,3 +474,25 @@ def test_locoedit_refuses_a_locogen_result_of_another_model(fresh, tmp_path):
                 results=str(tmp_path / "results.parquet")).updates
     with pytest.raises(ValueError, match="LOCOGEN's result for another model: its chosen layers \\[0, 1\\]"):
         edit(sd1, "locoedit", source=SOURCE, destination="a pack of tulips", results=str(tmp_path / "results.parquet"))
+
+
+def test_an_edit_with_strided_factors_hashes_applies_and_reverts(fresh, tmp_path):
+    """Factors that are views with other strides (a rank-1 column of a transposed matrix, as the organism's
+    random-direction variants build) hash to the same content as their contiguous copies."""
+    import dataclasses
+
+    from locoedit.edits import WeightUpdate
+
+    model = fresh()
+    before = _state(model)
+    result = edit(model, "time", source=SOURCE, destination=DESTINATION, layers=[0])
+    strided = {address: WeightUpdate(u.up.t().contiguous().t()[:, :1], u.down.t().contiguous().t()[:1], u.base_hash)
+               for address, u in result.updates.items()}
+    contiguous = {address: dataclasses.replace(u, up=u.up.contiguous(), down=u.down.contiguous())
+                  for address, u in strided.items()}
+    variant = dataclasses.replace(result, updates=strided)
+    assert variant.key == dataclasses.replace(result, updates=contiguous).key
+    with variant.applied(model):
+        assert not _unchanged(model, before)
+    assert _unchanged(model, before)
+    assert load_edit(variant.save(tmp_path / "strided.safetensors")).key == variant.key
