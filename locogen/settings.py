@@ -35,6 +35,13 @@ def make_units(prompts: Sequence[str], altered: Sequence[str], texts: Sequence[s
     return [Unit(p, a, t, int(seed)) for p, a, t in zip(prompts, altered, texts, strict=True) for seed in seeds]
 
 
+def check_window_size(m, n_layers: int | None = None) -> None:
+    """A window of `m` consecutive layers fits a model of `n_layers` cross-attention layers (when known)."""
+    if not isinstance(m, int) or m < 1 or (n_layers is not None and m > n_layers):
+        upper = n_layers if n_layers is not None else "the model's cross-attention layers"
+        raise ValueError(f"window size m={m!r} must be an integer in 1..{upper}")
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     m: int = 2
@@ -45,9 +52,7 @@ class SearchSettings:
 
     def check(self, n_layers: int | None = None) -> None:
         """The settings alone; with `n_layers` (the model's cross-attention layers) the window size too."""
-        if not isinstance(self.m, int) or self.m < 1 or (n_layers is not None and self.m > n_layers):
-            upper = n_layers if n_layers is not None else "the model's cross-attention layers"
-            raise ValueError(f"window size m={self.m!r} must be an integer in 1..{upper}")
+        check_window_size(self.m, n_layers)
         check_steps(self.steps)
         check_guidance(self.guidance)
         if self.batch_size < 2:

@@ -12,13 +12,12 @@ import torch
 from localize.conditioning import text_contexts
 from localize.model import Model
 from localize.patches import Patch
+from locogen.settings import check_window_size
 
 
 def windows(n_layers: int, m: int) -> list[tuple[int, ...]]:
     """All `n_layers - m + 1` windows of `m` consecutive layers, by start."""
-    if not isinstance(m, int) or not 1 <= m <= n_layers:
-        raise ValueError(f"window size m={m!r} must be an integer in 1..{n_layers} (the model's cross-attention "
-                         "layers)")
+    check_window_size(m, n_layers)
     return [tuple(range(start, start + m)) for start in range(n_layers - m + 1)]
 
 
