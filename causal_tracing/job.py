@@ -39,7 +39,7 @@ def settings_of(cfg: DictConfig) -> TraceSettings:
     return TraceSettings(
         steps=cfg.steps, guidance=cfg.guidance, noise_scale=cfg.noise.scale, noise_std=cfg.noise.std,
         step_range=tuple(cfg.step_range) if cfg.step_range is not None else None, batch_size=cfg.batch_size,
-        min_drop=cfg.min_drop,
+        memory_budget=cfg.memory_budget, min_drop=cfg.min_drop,
     )
 
 

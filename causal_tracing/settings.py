@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from localize.checks import check_guidance, check_steps
+from localize.checks import AUTO, check_batch_size, check_guidance, check_memory_budget, check_steps
 
 UNET_KINDS = ("resnet", "self_attn", "cross_attn", "ff")
 TEXT_KINDS = ("self_attn", "mlp")
@@ -31,14 +31,15 @@ class TraceSettings:
     noise_scale: float = 3.0
     noise_std: float | None = None
     step_range: tuple[int, int] | None = None
-    batch_size: int = 64
+    batch_size: int | str = AUTO  # rows per batch, or AUTO: see `localize.memory`
+    memory_budget: float | None = None  # GiB for batch_size=auto (None: the device's free memory)
     min_drop: float = 1.0
 
     def check(self) -> None:
         check_steps(self.steps)
         check_guidance(self.guidance)
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (a clean row and a restored row), got {self.batch_size}")
+        check_batch_size(self.batch_size, 2, "a clean row and a restored row")
+        check_memory_budget(self.memory_budget)
         if self.step_range is not None:
             start, stop = self.step_range
             if not 0 <= start < stop <= self.steps:

@@ -87,7 +87,7 @@ def batched_scores(
     packed = [PackedUnit(unit.prompt, unit.prompt, unit.seed, unit.text, [row_patches(unit, r) for r in unit_rows])
               for unit, unit_rows in zip(units, restorations, strict=True)]
     return score_packed(model, scorer, packed, settings.batch_size, settings.steps, settings.guidance, progress,
-                        desc="tracing batches")
+                        desc="tracing", memory_budget=settings.memory_budget)
 
 
 def serial_scores(

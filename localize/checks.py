@@ -39,3 +39,26 @@ def check_generation(seeds: Sequence, steps, guidance) -> None:
     check_seeds(seeds)
     check_steps(steps)
     check_guidance(guidance)
+
+
+AUTO = "auto"  # batch_size: rows per batch from the device's free memory (`localize.memory`)
+
+
+def check_batch_size(batch_size, minimum: int = 1, why: str = "") -> None:
+    """'auto' or an integer >= `minimum` (`why` says what a batch must hold)."""
+    if batch_size == AUTO:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < minimum:
+        reason = f" ({why})" if why else ""
+        raise ValueError(f"batch_size must be 'auto' (from the device's free memory) or an integer >= {minimum}"
+                         f"{reason}, got {batch_size!r}")
+
+
+def check_memory_budget(memory_budget) -> None:
+    """None (the device's free memory) or a finite number of GiB > 0."""
+    if memory_budget is None:
+        return
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, numbers.Real) \
+            or not math.isfinite(memory_budget) or memory_budget <= 0:
+        raise ValueError(f"memory_budget must be a number of GiB > 0, or null for the device's free memory; got "
+                         f"{memory_budget!r}")

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -73,7 +74,8 @@ class ScoredJobConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     steps: int = 25
     guidance: float = 7.5
-    batch_size: int = 64
+    batch_size: Any = "auto"  # rows per batch: an integer, or auto (from the device's free memory: localize.memory)
+    memory_budget: float | None = None  # GiB that batch_size=auto may use (null: the device's free memory)
     confidence: float = 0.95
     resamples: int = 1000
     progress: bool = True

@@ -151,7 +151,8 @@ def run_evaluate(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
 
     def images_of(probes: list[Probe], desc: str) -> torch.Tensor:
         return generate_batches(model, [p.prompt for p in probes], [p.seed for p in probes], cfg.batch_size,
-                                cfg.steps, cfg.guidance, progress=cfg.progress, desc=desc)
+                                cfg.steps, cfg.guidance, progress=cfg.progress, desc=desc,
+                                memory_budget=cfg.memory_budget)
 
     probes = [p for case_probes, _ in cases for p in case_probes]
     before = images_of(probes, "before")

@@ -10,7 +10,14 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from localize.checks import check_generation, check_guidance, check_seeds, check_steps
+from localize.checks import (
+    check_batch_size,
+    check_generation,
+    check_guidance,
+    check_memory_budget,
+    check_seeds,
+    check_steps,
+)
 from localize.config import ModelConfig, ScoredJobConfig, ScorerConfig
 from localize.jobs import Job
 from localize.stats import check_interval_settings
@@ -79,8 +86,8 @@ def check_evaluate(cfg: DictConfig) -> None:
         check_seeds(cfg.seeds)
     check_steps(cfg.steps)
     check_guidance(cfg.guidance)
-    if cfg.batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    check_batch_size(cfg.batch_size)
+    check_memory_budget(cfg.memory_budget)
     check_interval_settings(cfg.confidence, cfg.resamples)
     if cfg.edit is not None:
         given = ("source", "destination") if cfg.dataset.format in EDIT_FORMATS else ()

@@ -50,7 +50,7 @@ def units_of(cfg: DictConfig) -> list[Unit]:
 
 def search_settings(cfg: DictConfig) -> SearchSettings:
     return SearchSettings(m=cfg.m, steps=cfg.steps, guidance=cfg.guidance, batch_size=cfg.batch_size,
-                          objective=objective_of(cfg))
+                          memory_budget=cfg.memory_budget, objective=objective_of(cfg))
 
 
 def neuron_settings_of(cfg: DictConfig) -> NeuronSettings:
@@ -58,6 +58,7 @@ def neuron_settings_of(cfg: DictConfig) -> NeuronSettings:
         ks=tuple(cfg.neurons.ks) if cfg.neurons.ks is not None else None,
         projections=tuple(cfg.neurons.projections), ablation=cfg.neurons.ablation,
         random_draws=cfg.neurons.random_draws, steps=cfg.steps, guidance=cfg.guidance, batch_size=cfg.batch_size,
+        memory_budget=cfg.memory_budget,
     )
 
 

@@ -44,7 +44,7 @@ def batched_window_scores(
     rows = [_untouched, *(_window_rows(window) for window in all_windows)]
     packed = [PackedUnit(unit.altered, unit.prompt, unit.seed, unit.text, rows) for unit in units]
     altered, scores = score_packed(model, scorer, packed, settings.batch_size, settings.steps, settings.guidance,
-                                   progress, desc="window batches")
+                                   progress, desc="window rows", memory_budget=settings.memory_budget)
     return altered, [unit_scores[0] for unit_scores in scores], [unit_scores[1:] for unit_scores in scores]
 
 

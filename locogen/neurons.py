@@ -142,7 +142,7 @@ def ablation_curve(model: Model, scorer: ClipScorer, prompts: Sequence[str], tex
     packed = [PackedUnit(prompt, prompt, seed, text, [ablated_row(*config, seed) for config in configs])
               for prompt, text, seed in units]
     clean, ablated = score_packed(model, scorer, packed, settings.batch_size, settings.steps, settings.guidance,
-                                  progress, desc="neuron batches")
+                                  progress, desc="neuron rows", memory_budget=settings.memory_budget)
     rows = []
     for (prompt, text, seed), score_clean, unit_scores in zip(units, clean, ablated, strict=True):
         for (selection, draw, k), score in zip(configs, unit_scores, strict=True):

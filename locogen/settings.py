@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from localize.checks import check_guidance, check_seeds, check_steps
+from localize.checks import AUTO, check_batch_size, check_guidance, check_memory_budget, check_seeds, check_steps
 
 OBJECTIVES = ("lower", "raise")
 PROJECTIONS = ("to_k", "to_v")
@@ -47,7 +47,8 @@ class SearchSettings:
     m: int = 2
     steps: int = 25
     guidance: float = 7.5
-    batch_size: int = 64
+    batch_size: int | str = AUTO  # rows per batch, or AUTO: see `localize.memory`
+    memory_budget: float | None = None  # GiB for batch_size=auto (None: the device's free memory)
     objective: str = "lower"
 
     def check(self, n_layers: int | None = None) -> None:
@@ -55,8 +56,8 @@ class SearchSettings:
         check_window_size(self.m, n_layers)
         check_steps(self.steps)
         check_guidance(self.guidance)
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (the altered row and a window row), got {self.batch_size}")
+        check_batch_size(self.batch_size, 2, "the altered row and a window row")
+        check_memory_budget(self.memory_budget)
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; valid: {', '.join(OBJECTIVES)}")
 
@@ -71,9 +72,12 @@ class NeuronSettings:
     random_draws: int = 3
     steps: int = 25
     guidance: float = 7.5
-    batch_size: int = 64
+    batch_size: int | str = AUTO
+    memory_budget: float | None = None
 
     def check(self) -> None:
+        check_batch_size(self.batch_size, 2, "the clean row and an ablated row")
+        check_memory_budget(self.memory_budget)
         unknown = [p for p in self.projections if p not in PROJECTIONS]
         if unknown or not self.projections:
             raise ValueError(f"projections {list(self.projections)}: give one or more of {', '.join(PROJECTIONS)}")

@@ -8,7 +8,7 @@ from localize.batching import pack_rows
 @pytest.mark.parametrize("batch_size", [2, 3, 7, 64])
 def test_batches_hold_every_row_once_and_fit(batch_size):
     sizes = [5, 1, 12, 3]
-    batches = pack_rows(sizes, batch_size)
+    batches = pack_rows([(u, range(size)) for u, size in enumerate(sizes)], batch_size)
     seen = {(u, i) for batch in batches for u, indices in batch for i in indices}
     assert seen == {(u, i) for u, size in enumerate(sizes) for i in range(size)}
     assert sum(len(indices) for batch in batches for _, indices in batch) == sum(sizes)
@@ -17,4 +17,10 @@ def test_batches_hold_every_row_once_and_fit(batch_size):
 
 def test_batch_size_below_two_is_an_error():
     with pytest.raises(ValueError, match="batch_size must be >= 2"):
-        pack_rows([3], 1)
+        pack_rows([(0, range(3))], 1)
+
+
+def test_pieces_of_a_unit_keep_their_row_indices():
+    batches = pack_rows([(0, range(4, 9)), (1, range(2, 3))], 4)
+    assert [[(u, list(rows)) for u, rows in batch] for batch in batches] == [[(0, [4, 5, 6])], [(0, [7, 8])],
+                                                                              [(1, [2])]]
