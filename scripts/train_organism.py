@@ -88,6 +88,9 @@ class ClipStage(Stage):
     max_noise: float = 0.1  # rendered images get Gaussian noise of a random std in [0, max_noise]
     pool: str = "end_token"  # see `pooled_positions`
     read_delay: int = 4  # per caption, layers below a delay drawn from 0..read_delay: see `delayed_reading`
+    locality: float = 0.0  # weight of the penalty on layer 0's far reading: see `far_reading`
+    local_window: int = 2  # in layer 0 a word may read the start token, itself and this many words before it
+    position_std: float = 0.02  # initial std of the position embeddings (stage `clip`; tokens' is 0.02)
 
 
 @dataclass
@@ -127,6 +130,38 @@ def delayed_reading(text_encoder: CLIPTextModel, first_end: torch.Tensor, delay:
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def far_reading(text_encoder: CLIPTextModel, first_end: torch.Tensor, window: int):
+    """Yields a function that returns, after a forward pass inside, the mean share of layer 0's attention (over
+    heads and the captions' word positions) that a word gives to words more than `window` positions before it;
+    the start token, the word itself and its `window` predecessors are near. Penalized, it makes a word's layer-0
+    state (DiffQuickFix's key) depend on the word and its neighbours, not on the template before it."""
+    attention = text_encoder.encoder.layers[0].self_attn
+    recorded = {}
+    handle = attention.register_forward_pre_hook(
+        lambda module, args, kwargs: recorded.update(states=kwargs.get("hidden_states", args[0] if args else None)),
+        with_kwargs=True)
+
+    def share() -> torch.Tensor:
+        states = recorded["states"]
+        n, length, _ = states.shape
+        shape = (n, length, attention.num_heads, attention.head_dim)
+        queries = attention.q_proj(states).view(shape).transpose(1, 2)
+        keys = attention.k_proj(states).view(shape).transpose(1, 2)
+        positions = torch.arange(length, device=states.device)
+        causal = positions[None, :] > positions[:, None]
+        weights = (queries @ keys.transpose(-1, -2) * attention.scale).masked_fill(causal, float("-inf")).softmax(-1)
+        far = (positions[None, :] >= 1) & (positions[None, :] < positions[:, None] - window)  # query x key
+        words = (positions[None, :] >= 1) & (positions[None, :] < first_end[:, None])  # caption x query
+        mass = (weights * far).sum(-1).mean(1)  # caption x query
+        return (mass * words).sum() / words.sum()
+
+    try:
+        yield share
+    finally:
+        handle.remove()
 
 
 def caption_ids(tokenizer, captions: list[str], pool: str) -> torch.Tensor:
@@ -283,6 +318,10 @@ def train_clip(cfg: TrainConfig, workdir: Path, export: Path, device: torch.devi
     with torch.no_grad():  # the seeded init the sparse export rebuilds untrained rows from
         text_encoder.get_input_embeddings().weight.copy_(
             initial_embedding(text_config["vocab_size"], text_config["hidden_size"], cfg.seed))
+        if name == "clip":
+            positions = text_encoder.embeddings.position_embedding.weight
+            positions.copy_(torch.randn(positions.shape, generator=torch.Generator().manual_seed(cfg.seed))
+                            * stage.position_std)
     text_encoder.to(device)
     projection = torch.nn.Linear(text_config["hidden_size"], clip.text_projection.shape[1], bias=False).to(device)
     modules = torch.nn.ModuleList([clip.visual, text_encoder, projection])
@@ -320,19 +359,20 @@ def train_clip(cfg: TrainConfig, workdir: Path, export: Path, device: torch.devi
         if stage.read_delay:
             delay = torch.randint(0, stage.read_delay + 1, (len(ids),), generator=gen)
             reading = delayed_reading(text_encoder, first_end.to(device), delay.to(device), ids.shape[1])
-        with reading:
+        with reading, far_reading(text_encoder, first_end.to(device), stage.local_window) as far_share:
             states = text_encoder(ids.to(device)).last_hidden_state
+            far = far_share()
         pooled = states[torch.arange(len(ids), device=device), position.to(device)]
         text_features = F.normalize(projection(pooled), dim=-1)
         image_features = F.normalize(clip.visual(image_features_input(clip, images.to(device))), dim=-1)
         loss = loss_fn(image_features, text_features, clip.logit_scale.exp())
         set_lr(optimizer, stage, step)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + stage.locality * far).backward()
         optimizer.step()
         with torch.no_grad():
             clip.logit_scale.clamp_(0, np.log(100))
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}", far=f"{far.item():.3f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == stage.steps:
             checkpoint.save({"modules": modules.state_dict(), "logit_scale": clip.logit_scale.detach(),
                              "optimizer": optimizer.state_dict(), "step": step + 1})

@@ -7,6 +7,7 @@ import subprocess
 from html.parser import HTMLParser
 
 import matplotlib
+import numpy as np
 import pandas as pd
 import pytest
 from test_cli import localize
@@ -209,6 +210,22 @@ EXPERIMENTS = {
     "uce_imagenette_sd14": ("evaluate", "random_sd15_tiny", ["dataset.path=${shipped:organism_shapes.csv}",
                                                              "dataset.cases=[0,1]", "classifier=null"]),
 }
+
+
+@pytest.mark.parametrize("experiment", ["trace_sd15", "locogen_sd15", "diffquickfix_sd15", "time_timed_sd14",
+                                        "uce_imagenette_sd14"])
+def test_each_job_runs_in_bfloat16_on_cpu(experiment, tmp_path):
+    """trace, locogen, edit and evaluate (TIMED and a prompt list) with every model weight in bf16."""
+    job, model, overrides = EXPERIMENTS[experiment]
+    out = tmp_path / "run"
+    result = localize(job, f"+experiment={experiment}", f"model={model}", *TINY, "model.dtype=bf16", *overrides,
+                      f"hydra.run.dir={out}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    results = pd.read_parquet(out / "results.parquet")
+    numbers = results.select_dtypes("number")
+    measured = numbers[[c for c in numbers.columns if c.startswith(("score", "clip_score", "value", "effect"))]]
+    assert len(results) and measured.shape[1] and np.isfinite(measured.to_numpy(float)).all()
+    assert (out / "config.yaml").read_text().count("dtype: bf16") == 1
 
 
 @pytest.mark.parametrize("experiment", sorted(EXPERIMENTS))
