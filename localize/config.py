@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from localize.data import shipped
+from localize.gpus import visible_gpus
 
 
 @dataclass
@@ -90,8 +91,10 @@ class PromptJobConfig(ScoredJobConfig):
 
 def register_configs(jobs: dict) -> None:
     """Register the group schemas, for each job of `jobs` (name -> `Job`) its schema as `base_<name>`, and the
-    resolver `${shipped:NAME}` (the path of a dataset file shipped in `localize/datasets/`)."""
+    resolvers `${shipped:NAME}` (the path of a dataset file shipped in `localize/datasets/`) and
+    `${visible_gpus:}` (the launcher `gpus`' workers; at least 1)."""
     OmegaConf.register_new_resolver("shipped", lambda name: str(shipped(name)), replace=True)
+    OmegaConf.register_new_resolver("visible_gpus", lambda: max(1, visible_gpus()), replace=True)
     store = ConfigStore.instance()
     store.store(group="model", name="base_model", node=ModelConfig)
     store.store(group="scorer", name="base_scorer", node=ScorerConfig)

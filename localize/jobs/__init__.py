@@ -14,7 +14,9 @@ from importlib import import_module
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from localize.gpus import FREE, claimed_gpu
 
 
 def no_check(cfg: DictConfig) -> None:
@@ -29,10 +31,14 @@ class Job:
     check: Callable[[DictConfig], None] = no_check
 
     def run(self, cfg: DictConfig, out_dir: Path) -> object:
-        """Check `cfg`, then run the job into `out_dir`."""
+        """Check `cfg`, then run the job into `out_dir` (on a GPU of its own with `model.device=cuda:free`)."""
         self.check(cfg)
         module, _, function = self.runner.partition(":")
-        return getattr(import_module(module), function)(cfg, out_dir)
+        runner = getattr(import_module(module), function)
+        if OmegaConf.select(cfg, "model.device") != FREE:
+            return runner(cfg, out_dir)
+        with claimed_gpu():
+            return runner(cfg, out_dir)
 
 
 def job_names() -> list[str]:
