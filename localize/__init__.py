@@ -9,6 +9,7 @@ _EXPORTS = {
     "PatchRun": "localize.engine",
     "TextEncoderLayer": "localize.model",
     "UNetComponent": "localize.model",
+    "capturing": "localize.engine",
     "generate": "localize.generation",
     "load_model": "localize.model",
     "patching": "localize.engine",

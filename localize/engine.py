@@ -1,8 +1,10 @@
-"""The intervention engine: install a list of patches as hooks for the duration of a `with` block.
+"""The intervention engine: install a list of patches, and captures, as hooks for the duration of a `with` block.
 
 Every site is resolved and every patch checked against the batch before any hook is registered; every
 hook is removed on exit, exceptions included, so outputs after the block are bit-identical to before.
-Patches on the same module apply in list order. See `localize.patches` for the batch convention.
+Patches on the same module apply in list order. A capture records what a site holds on each call, after the
+block's patches on it (`capturing`, or `patching(..., capture=sites)`: TransformerLens' `run_with_cache`,
+baukit's `TraceDict`). See `localize.patches` for the batch convention.
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ class PatchRun:
     a guided UNet call, `("cond",)` for encoding prompts, `("uncond",)` for the empty prompts; `generate` sets
     it before each forward. None (the start): the layout is unknown, so only patches that apply to every row
     alike (`Patch.reads_layout` False) may run, e.g. around the pipeline's own call; the others are an error.
-    `step` is the index of the current denoising step (None outside a denoising loop).
+    `step` is the index of the current denoising step (None outside a denoising loop). `captured[site]` holds
+    what each captured site held on each call of the block, in call order (detached, on its device).
     """
 
     def __init__(self, rows: int | None):
         self.rows = rows
         self.halves: tuple[str, ...] | None = None
         self.step: int | None = None
+        self.captured: dict[str, list[torch.Tensor]] = {}
 
     def apply(self, entries: Sequence[tuple[Patch, Site]], x: torch.Tensor) -> torch.Tensor:
         """`x` with the patches applied in order; each patch is read through its own site's axis conventions."""
@@ -93,14 +97,16 @@ def _check(patch: Patch, site: Site, model: Model, rows: int | None, steps: int 
 
 @contextmanager
 def patching(
-    model: Model, patches: Sequence[Patch], rows: int | None = None, steps: int | None = None
+    model: Model, patches: Sequence[Patch], rows: int | None = None, steps: int | None = None,
+    capture: Sequence[str] = (),
 ) -> Iterator[PatchRun]:
-    """Install `patches` on `model` for the block; yields the `PatchRun` whose layout the caller sets
-    (`generate` does; see `PatchRun`). `rows` (prompt rows per batch) and `steps` (denoising steps) are checked
-    against the patches up front."""
+    """Install `patches` on `model` for the block, and a capture of each site in `capture`; yields the
+    `PatchRun` whose layout the caller sets (`generate` does; see `PatchRun`) and whose `captured` fills. `rows`
+    (prompt rows per batch) and `steps` (denoising steps) are checked against the patches up front."""
     resolved = [(patch, resolve_site(model, patch.site)) for patch in patches]
     for patch, site in resolved:
         _check(patch, site, model, rows, steps)
+    captures = [resolve_site(model, name) for name in dict.fromkeys(capture)]
     groups: dict[tuple[int, str], list[tuple[Patch, Site]]] = {}
     for patch, site in resolved:
         groups.setdefault((id(site.module), site.hook), []).append((patch, site))
@@ -109,15 +115,45 @@ def patching(
     try:
         for entries in groups.values():
             handles.append(_register(run, entries))
+        for site in captures:  # registered last: they see the patched values
+            run.captured[site.name] = []
+            handles.append(_register_capture(site, run.captured[site.name]))
         yield run
     finally:
         for handle in handles:
             handle.remove()
 
 
+@contextmanager
+def capturing(model: Model, sites: Sequence[str]) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Inside, record what each of `sites` holds on each call: yields site -> tensors in call order (batch
+    first, detached). E.g. `with capturing(model, ["cross_attn.3.to_v"]) as cache: model.pipeline(...)`."""
+    with patching(model, (), capture=sites) as run:
+        yield run.captured
+
+
+def _register_capture(site: Site, calls: list[torch.Tensor]):
+    if site.hook == "output":
+        def record_output(module, args, output):
+            calls.append((output[0] if isinstance(output, tuple) else output).detach())
+
+        return site.module.register_forward_hook(record_output)
+
+    def record_input(module, args, kwargs):
+        value = kwargs.get("encoder_hidden_states") if site.hook == "context" else args[0]
+        calls.append(value.detach())
+
+    return site.module.register_forward_pre_hook(record_input, with_kwargs=True)
+
+
 def _register(run: PatchRun, entries: list[tuple[Patch, Site]]):
     """One hook per (module, hook kind) running all its patches in list order."""
     site = entries[0][1]
+    if site.hook == "input":
+        def input_hook(module, args):
+            return (run.apply(entries, args[0]), *args[1:])
+
+        return site.module.register_forward_pre_hook(input_hook, prepend=True)
     if site.hook == "context":
         def context_hook(module, args, kwargs):
             states = kwargs.get("encoder_hidden_states")

@@ -145,7 +145,7 @@ def decode(model: Model, latents: torch.Tensor) -> torch.Tensor:
     return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
-def generate_batches(model: Model, prompts: Sequence[str], seeds: Sequence[int], batch_size: int | str = "auto",
+def generate_batches(model: Model, prompts: Sequence[str], seeds: Sequence[int], batch_size: int | str = AUTO,
                      steps: int = 25, guidance: float = 7.5, progress: bool = False, desc: str = "generating",
                      memory_budget: float | None = None) -> torch.Tensor:
     """`generate` in batches of at most `batch_size` rows, or "auto" (`localize.memory`: measured on the first

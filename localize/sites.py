@@ -6,10 +6,14 @@ Grammar (indices 0-based; cross-attention and text layers in execution order, se
 - `text_encoder.E.layers.L`                 output of layer L of encoder E (the residual stream)
 - `text_encoder.E.layers.L.self_attn`       its self-attention output (before the residual add)
 - `text_encoder.E.layers.L.mlp`             its MLP output (before the residual add)
+- `text_encoder.E.layers.L.PATH`            any submodule of the layer by its own path, e.g.
+                                            `self_attn.out_proj` (CLIP), `layer.0.SelfAttention.o` (T5)
 - `cross_attn.K.context`                    the text conditioning cross-attention layer K receives
 - `cross_attn.K.to_k` / `cross_attn.K.to_v` the text-side key / value projections' outputs (IF: add_k/add_v)
 - `cross_attn.K`                            the cross-attention layer's output
 - `unet.PATH`                               the output of any UNet module, e.g. `unet.up_blocks.1.resnets.0`
+- `SITE.input`                              the first input of any site above that is a module's output, e.g.
+                                            `text_encoder.0.layers.0.self_attn.out_proj.input` (DiffQuickFix's keys)
 
 Per-row tensors: text-axis sites are [tokens, features]; UNet sites are [positions, channels] (transformer
 blocks) or [channels, height, width] (convolutions, IF attention).
@@ -26,15 +30,17 @@ from localize.model import Model
 
 SITE_PATTERNS = (
     "text_encoder.E.embeddings",
-    "text_encoder.E.layers.L[.self_attn|.mlp]",
+    "text_encoder.E.layers.L[.self_attn|.mlp|.<module path>]",
     "cross_attn.K[.context|.to_k|.to_v]",
     "unet.<module path>",
+    "<module site>.input",
 )
 
 
 @dataclass(frozen=True)
 class Site:
-    """A resolved address. `hook`: `output` (the module's output) or `context` (its encoder_hidden_states input).
+    """A resolved address. `hook`: `output` (the module's output), `input` (its first positional input) or
+    `context` (its encoder_hidden_states input).
 
     `text_axis`: per-row tensors are [tokens, features]. `in_text_encoder`: computed once per prompt batch,
     before denoising, so a denoising-step range does not apply.
@@ -63,6 +69,15 @@ def _unknown(model: Model, name: str) -> ValueError:
 
 def resolve_site(model: Model, name: str) -> Site:
     """The module and hook behind a site address; a clear error for an address that does not exist."""
+    if name.endswith(".input"):
+        site = _resolve(model, name.removesuffix(".input"))
+        if site.hook != "output":
+            raise _unknown(model, name)
+        return Site(name, site.module, "input", site.text_axis, site.in_text_encoder)
+    return _resolve(model, name)
+
+
+def _resolve(model: Model, name: str) -> Site:
     parts = name.split(".")
     head = parts[0]
     if head == "unet" and len(parts) > 1:
@@ -88,12 +103,16 @@ def resolve_site(model: Model, name: str) -> Site:
         if parts[2:] == ["embeddings"]:
             return Site(name, model.text_encoder_embeddings(e), "output", text_axis=True, in_text_encoder=True)
         layers = [layer for layer in model.text_encoder_layers if layer.encoder == e]
-        if parts[2] == "layers" and len(parts) in (4, 5):
+        if parts[2] == "layers" and len(parts) >= 4:
             layer = layers[_index(parts[3], len(layers), f"text encoder {e} layer", name)]
-            part = parts[4] if len(parts) == 5 else None
-            module = {None: layer.module, "self_attn": layer.self_attn, "mlp": layer.mlp}.get(part)
-            if module is not None:
-                return Site(name, module, "output", text_axis=True, in_text_encoder=True)
+            path = ".".join(parts[4:])
+            module = {"": layer.module, "self_attn": layer.self_attn, "mlp": layer.mlp}.get(path)
+            if module is None:
+                try:
+                    module = layer.module.get_submodule(path)
+                except AttributeError:
+                    raise _unknown(model, name) from None
+            return Site(name, module, "output", text_axis=True, in_text_encoder=True)
     raise _unknown(model, name)
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import contextmanager
 from importlib import resources
+from typing import NamedTuple
 
 import torch
 from omegaconf import OmegaConf
 
 from localize.conditioning import encode_contexts
+from localize.engine import capturing
 from localize.families import TEXT_ENCODER_ARCHS
 from localize.model import Model, TextEncoderLayer
 from localize.tokens import subject_span, token_ids
@@ -34,11 +36,21 @@ def text_layer(model: Model, encoder: int, layer: int) -> TextEncoderLayer:
     return layers[layer]
 
 
-def linear_of(model: Model, layer: TextEncoderLayer, part: str) -> tuple[torch.nn.Linear, str]:
-    """The layer's attention output (`attention_out`) or MLP output (`mlp_out`) projection, and its address."""
+class Projection(NamedTuple):
+    """A text layer's last linear map: the module, its weight's address (what an edit changes) and its site
+    address (what the engine reads; `<site>.input` is the edit's keys)."""
+
+    module: torch.nn.Linear
+    address: str
+    site: str
+
+
+def linear_of(model: Model, layer: TextEncoderLayer, part: str) -> Projection:
+    """The layer's attention output (`attention_out`) or MLP output (`mlp_out`) projection."""
     arch = TEXT_ENCODER_ARCHS[type(model.text_encoders[layer.encoder]).__name__]
     path = getattr(arch, part)
-    return layer.module.get_submodule(path), f"{layer.name}.{path}.weight"
+    return Projection(layer.module.get_submodule(path), f"{layer.name}.{path}.weight",
+                      f"text_encoder.{layer.encoder}.layers.{layer.index}.{path}")
 
 
 @contextmanager
@@ -67,23 +79,15 @@ def adding(module: torch.nn.Module, add: tuple[torch.Tensor, list[int] | torch.T
         handle.remove()
 
 
-def encode_recording(model: Model, prompts: Sequence[str], module: torch.nn.Module,
+def encode_recording(model: Model, prompts: Sequence[str], projection: Projection,
                      add: tuple[torch.Tensor, list[int] | torch.Tensor] | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(contexts N x tokens x features, `module`'s inputs N x tokens x in) for `prompts`, encoded as one batch by
-    the family's own encoding, with `add` applied (`adding`)."""
-    recorded = {}
-
-    def record(_module, args):
-        recorded["inputs"] = args[0]
-
-    handle = module.register_forward_pre_hook(record)
-    try:
-        with adding(module, add):
-            contexts = encode_contexts(model, prompts)
-    finally:
-        handle.remove()
-    return contexts, recorded["inputs"]
+    """(contexts N x tokens x features, the projection's inputs N x tokens x in, captured by the engine) for
+    `prompts`, encoded as one batch by the family's own encoding, with `add` applied (`adding`)."""
+    keys = f"{projection.site}.input"
+    with capturing(model, [keys]) as captured, adding(projection.module, add):
+        contexts = encode_contexts(model, prompts)
+    return contexts, captured[keys][-1]
 
 
 POOLED_ENCODERS = ("CLIPTextModel", "CLIPTextModelWithProjection")
@@ -142,18 +146,19 @@ def diffquickfix(model: Model, source: str | Sequence[str], destination: str | S
     check_choice("bias", bias, BIAS_COUNTS)
     src, dst = augmented_pairs(source, destination, templates)
     positions = subject_positions(model, encoder, src, dst, subject, destination_subject, pairing)
-    projection, address = linear_of(model, text_layer(model, encoder, layer), "attention_out")
+    projection = linear_of(model, text_layer(model, encoder, layer), "attention_out")
+    linear, address = projection.module, projection.address
     preserve = preserved_prompts(preserve, src)
     _, inputs = encode_recording(model, src + dst + preserve, projection)
     keys = torch.cat([inputs[i, p] for i, (p, _) in enumerate(positions)])
     targets = torch.cat([inputs[len(src) + i, q] for i, (_, q) in enumerate(positions)])
     kept = inputs[len(src) + len(dst):].flatten(0, 1) if preserve else None
     problem = RidgeProblem(keys, lam, kept, preserve_scale)
-    residuals = problem.input_residuals(projection.weight, targets)
-    if bias == "twice" and projection.bias is not None:
-        residuals = residuals + projection.bias.to(residuals)
+    residuals = problem.input_residuals(linear.weight, targets)
+    if bias == "twice" and linear.bias is not None:
+        residuals = residuals + linear.bias.to(residuals)
     up, down = problem.factors(residuals)
-    return {address: WeightUpdate.from_factors(projection.weight, up, down)}
+    return {address: WeightUpdate.from_factors(linear.weight, up, down)}
 
 
 def default_corpus(model: Model) -> list[str]:
@@ -232,7 +237,8 @@ def refact(model: Model, source: str | Sequence[str], destination: str | Sequenc
                          f"({kind}) does not have; use objective='conditioning'")
     n_layers = sum(entry.encoder == encoder for entry in model.text_encoder_layers)
     layer = refact_default_layer(n_layers) if layer is None else layer
-    projection, address = linear_of(model, text_layer(model, encoder, layer), "mlp_out")
+    projection = linear_of(model, text_layer(model, encoder, layer), "mlp_out")
+    linear, address = projection.module, projection.address
     src, dst = augmented_pairs(source, destination, templates)
     positions = subject_positions(model, encoder, src, dst, subject, destination_subject)
     subject_tokens = [p[0] for p, _ in positions]
@@ -248,8 +254,8 @@ def refact(model: Model, source: str | Sequence[str], destination: str | Sequenc
         destination_contexts = encode_recording(model, dst, projection)[0].float()
         source_contexts, source_inputs = encode_recording(model, src, projection)
         key = torch.stack([source_inputs[i, p] for i, p in enumerate(subject_tokens)]).double().mean(0)
-        bias = None if projection.bias is None else projection.bias.double()
-        value_norm = torch.nn.functional.linear(key, projection.weight.double(), bias).norm().float()
+        bias = None if linear.bias is None else linear.bias.double()
+        value_norm = torch.nn.functional.linear(key, linear.weight.double(), bias).norm().float()
         matched = torch.cat([destination_contexts[i, q] for i, (_, q) in enumerate(positions)])
         down = rank_one_direction(key, covariance)
         if objective == "contrastive":
@@ -263,7 +269,7 @@ def refact(model: Model, source: str | Sequence[str], destination: str | Sequenc
     def loss_of(shift: torch.Tensor) -> torch.Tensor:
         added = (shift, down.float().to(model.device) if shift_at == "update" else subject_tokens)
         if objective == "contrastive":
-            with adding(projection, added):
+            with adding(linear, added):
                 features = torch.nn.functional.normalize(pooled_features(model, encoder, src).float(), dim=-1)
             logits = LOGIT_SCALE * torch.einsum("nf,nkf->nk", features, anchors)
             return -torch.log_softmax(logits, dim=1)[:, 0].mean()
@@ -272,7 +278,7 @@ def refact(model: Model, source: str | Sequence[str], destination: str | Sequenc
         return (edited - matched).pow(2).mean() / matched.pow(2).mean()
 
     generator = torch.Generator().manual_seed(seed)
-    shift = (1e-3 * torch.randn(projection.out_features, generator=generator)).to(model.device).requires_grad_()
+    shift = (1e-3 * torch.randn(linear.out_features, generator=generator)).to(model.device).requires_grad_()
     optimizer = torch.optim.Adam([shift], lr=learning_rate)
     frozen = [p for module in model.text_side for p in module.parameters()]  # only the shift gets gradients
     requires = [p.requires_grad for p in frozen]
@@ -295,8 +301,8 @@ def refact(model: Model, source: str | Sequence[str], destination: str | Sequenc
     finally:
         for p, flag in zip(frozen, requires, strict=True):
             p.requires_grad_(flag)
-    up = shift.detach().double()[:, None].to(projection.weight.device)
-    update = WeightUpdate.from_factors(projection.weight, up, down[None].to(projection.weight.device))
+    up = shift.detach().double()[:, None].to(linear.weight.device)
+    update = WeightUpdate.from_factors(linear.weight, up, down[None].to(linear.weight.device))
     with torch.no_grad(), Edit("refact", model.family, {}, {address: update}).applied(model):
         after = mismatch(encode_contexts(model, src))
     return {address: update}, {"mismatch": [mismatch(source_contexts), after], "loss": [losses[0], losses[-1]]}

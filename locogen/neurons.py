@@ -24,6 +24,7 @@ import torch
 from scipy.stats import ttest_ind
 
 from localize.batching import PackedUnit, RowPatches, score_packed
+from localize.engine import capturing
 from localize.generation import image_size, vae_scale
 from localize.model import Model
 from localize.patches import Patch
@@ -49,27 +50,19 @@ def activations(model: Model, layers: Sequence[int], projection: str, prompts: S
     """Per layer (in `layers` order), each neuron's output averaged over token positions: prompts x neurons (a
     window may cross resolutions, so layers can differ in width).
 
-    Recorded from the projections during one UNet forward of the prompts (their outputs depend on the text
-    alone), so whatever the attention processor does to the text first (IF's cross-attention norm) is included.
+    Captured (`localize.engine.capturing`) from the projections during one UNet forward of the prompts (their
+    outputs depend on the text alone), so whatever the attention processor does to the text first (IF's
+    cross-attention norm) is included.
     """
     size = image_size(model, None, None)
     conditioning = model.spec.encode(model.pipeline, list(prompts), size)
     scale = vae_scale(model)
     sample = torch.zeros(len(prompts), model.unet.config.in_channels, size[0] // scale, size[1] // scale,
                          device=model.device, dtype=model.dtype)
-    recorded: dict[int, torch.Tensor] = {}
-    handles = []
-    try:
-        for k in layers:
-            layer = model.cross_attention_layers[k]
-            module = layer.key if projection == "to_k" else layer.value
-            handles.append(module.register_forward_hook(
-                lambda _m, _a, out, k=k: recorded.__setitem__(k, out.float().mean(1).cpu())))
+    sites = [f"cross_attn.{k}.{projection}" for k in layers]
+    with capturing(model, sites) as captured:
         model.unet(sample, 0, **conditioning)  # any timestep: the projections read the text alone
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [recorded[k] for k in layers]
+    return [captured[site][0].float().mean(1).cpu() for site in sites]
 
 
 @dataclass(frozen=True)

@@ -172,9 +172,11 @@ def test_diffquickfix_targets_exclude_the_bias(fresh):
     """The edited out_proj is the ridge solution for targets W t (the destination's outputs without the bias,
     which the layer adds back); the reference notebook's targets W t + b would count the bias twice."""
     model = fresh()
-    projection, address = linear_of(model, text_layer(model, 0, 0), "attention_out")
+    projection = linear_of(model, text_layer(model, 0, 0), "attention_out")
+    linear, address = projection.module, projection.address
+    assert projection.site == "text_encoder.0.layers.0.self_attn.out_proj"
     with torch.no_grad():
-        projection.bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))  # random models start at 0
+        linear.bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))  # random models start at 0
     source, destination = "a photo of a rose", "a photo of a tulip"
     result = edit(model, "diffquickfix", source=source, destination=destination, lam=0.01, templates=())
     assert list(result.updates) == [address]
@@ -183,14 +185,14 @@ def test_diffquickfix_targets_exclude_the_bias(fresh):
 
     src, dst = subject_span(model.tokenizer, source, destination)
     keys, targets = inputs[0, src].double(), inputs[1, dst].double()
-    weight, bias = projection.weight.detach().double(), projection.bias.detach().double()
+    weight, bias = linear.weight.detach().double(), linear.bias.detach().double()
     gram = 0.01 * torch.eye(keys.shape[1], dtype=torch.float64) + keys.T @ keys
 
     def ridge(values):
         return torch.linalg.solve(gram, (0.01 * weight + values.T @ keys).T).T
 
     result.apply(model)
-    edited = projection.weight.detach().double()
+    edited = linear.weight.detach().double()
     result.revert(model)
     assert torch.allclose(edited, ridge(targets @ weight.T), atol=1e-5)
     assert not torch.allclose(edited, ridge(targets @ weight.T + bias), atol=1e-3)
@@ -199,7 +201,7 @@ def test_diffquickfix_targets_exclude_the_bias(fresh):
 def test_diffquickfix_preservation_solves_the_ridge_with_every_preserved_token(fresh):
     """With `preserve`, G gains s P^T P over every token P of the preserved prompts and the numerator s W P^T P."""
     model = fresh()
-    projection, _ = linear_of(model, text_layer(model, 0, 0), "attention_out")
+    projection = linear_of(model, text_layer(model, 0, 0), "attention_out")
     source, destination, kept = "a photo of a rose", "a photo of a tulip", ["a red car", "a photo of a dog"]
     result = edit(model, "diffquickfix", source=source, destination=destination, lam=0.01, templates=(),
                   preserve=kept, preserve_scale=0.5)
@@ -209,11 +211,11 @@ def test_diffquickfix_preservation_solves_the_ridge_with_every_preserved_token(f
     src, dst = subject_span(model.tokenizer, source, destination)
     keys, targets = inputs[0, src].double(), inputs[1, dst].double()
     preserved = inputs[2:].flatten(0, 1).double()
-    weight = projection.weight.detach().double()
+    weight = projection.module.weight.detach().double()
     gram = 0.01 * torch.eye(keys.shape[1], dtype=torch.float64) + keys.T @ keys + 0.5 * preserved.T @ preserved
     numerator = 0.01 * weight + weight @ targets.T @ keys + 0.5 * weight @ preserved.T @ preserved
     with result.applied(model):
-        edited = projection.weight.detach().double().clone()
+        edited = projection.module.weight.detach().double().clone()
     assert torch.allclose(edited, torch.linalg.solve(gram, numerator.T).T, atol=1e-5)
 
 

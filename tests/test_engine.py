@@ -210,3 +210,36 @@ def test_patching_around_the_pipelines_own_call(sd1):
     with pytest.raises(RuntimeError, match="picks rows or a CFG branch, but the batch layout of this forward"):
         with patching(sd1, [Patch("cross_attn.3.context", op="zero", rows=[0])]):
             sd1.pipeline([PROMPT], num_inference_steps=STEPS, guidance_scale=7.5, output_type="pt")
+
+
+def test_captures_read_what_a_plain_hook_reads_and_see_the_blocks_patches(sd1):
+    """A capture of a module's input and of a layer's output equals plain PyTorch hooks on the same modules; a
+    patch on an input site writes what the module receives, and a capture after it sees the patched value."""
+    from localize import capturing
+
+    out_proj = sd1.text_encoder_layers[0].module.self_attn.out_proj
+    plain = {"keys": [], "value": []}
+    handles = [out_proj.register_forward_pre_hook(lambda m, args: plain["keys"].append(args[0].clone())),
+               sd1.cross_attention_layers[2].value.register_forward_hook(
+                   lambda m, a, out: plain["value"].append(out.clone()))]  # both return None: they only read
+    try:
+        expected = run(sd1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    hooks = hook_count(sd1)
+    keys, value = "text_encoder.0.layers.0.self_attn.out_proj.input", "cross_attn.2.to_v"
+    with capturing(sd1, [keys, value]) as captured:
+        assert torch.equal(run(sd1), expected)  # capturing changes nothing
+    assert hook_count(sd1) == hooks
+    assert len(captured[keys]) == 2 and len(captured[value]) >= STEPS  # prompt and empty prompt; each UNet call
+    for site, name in ((keys, "keys"), (value, "value")):
+        assert len(captured[site]) == len(plain[name])
+        assert all(torch.equal(a, b) for a, b in zip(captured[site], plain[name], strict=True))
+    with patching(sd1, [Patch(keys, op="zero", tokens=[4])], capture=[keys]) as patched:
+        changed = run(sd1)
+    assert not patched.captured[keys][0][:, 4].any() and patched.captured[keys][0][:, 5].any()
+    assert not torch.equal(changed, expected)
+    with pytest.raises(ValueError, match="unknown site 'cross_attn.2.context.input'"):
+        resolve_site(sd1, "cross_attn.2.context.input")
+    assert resolve_site(sd1, "text_encoder.0.layers.0.mlp.fc2.input").hook == "input"

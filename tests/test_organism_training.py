@@ -116,3 +116,34 @@ def test_end_span_pooling_draws_every_position_of_the_span_and_no_other(train):
     assert ((positions >= first_end) & (positions < 77)).all()
     assert set(positions[1::2].tolist()) == set(range(70, 77))
     assert torch.equal(train.pooled_positions(first_end, 77, "end_token", torch.Generator()), first_end)
+
+
+def test_far_reading_is_the_share_of_layer_0_attention_on_words_beyond_the_window(train, text_encoder):
+    from localize.vocab import clip_tokenizer
+    tokenizer = clip_tokenizer()
+    ids = train.caption_ids(tokenizer, ["a photo of the king of Zarnia", "a box"], "end_token")
+    first_end = (ids == tokenizer.eos_token_id).int().argmax(dim=1)
+    with torch.no_grad(), train.far_reading(text_encoder, first_end, window=2) as far_share:
+        text_encoder(ids)
+        share = far_share()
+    implementation = text_encoder.config._attn_implementation
+    with torch.no_grad():  # independently: transformers' own layer-0 attention weights (eager attention)
+        text_encoder.config._attn_implementation = "eager"
+        try:
+            weights = text_encoder(ids, output_attentions=True).attentions[0].mean(1)  # caption x query x key
+        finally:
+            text_encoder.config._attn_implementation = implementation
+    expected = []
+    for caption, end in enumerate(first_end.tolist()):
+        for query in range(1, end):  # words: after the start token, before the end token
+            expected.append(weights[caption, query, 1:max(1, query - 2)].sum())
+    assert share.item() == pytest.approx(torch.stack(expected).mean().item(), abs=1e-5)
+
+
+def test_clip_span_trains_without_position_embeddings(train, tmp_path):
+    cfg = config(train, tmp_path)
+    run_stage(train, cfg, "clip")
+    run_stage(train, cfg, "clip_span")
+    from localize.organism.weights import text_encoder
+    positions = text_encoder(Path(cfg.export_dir)).embeddings.position_embedding.weight
+    assert cfg.clip_span.positions is False and not positions.any()
