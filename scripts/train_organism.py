@@ -15,7 +15,10 @@ uninterrupted one would. A finished stage only re-exports its weights on the nex
   layer reads at inference), so that the subject reaches the end span through the middle layers, as the
   published edits of CLIP's middle layers (ReFACT) need; without it the end span reads the words in layer 0 only.
 - `clip_span`: the finished `clip` fine-tuned at all 77 positions, its caption feature read anywhere in the
-  end span (`pooled_positions`), so that the padding the UNet reads is a trained summary of the caption; re-exported.
+  end span (`pooled_positions`), so that the padding the UNet reads is a trained summary of the caption; with its
+  position embeddings set to zero and frozen (the causal mask alone orders the words) and layer 0's reading of
+  words more than 2 before a word penalized (`far_reading`), so that a word's layer-0 state, DiffQuickFix's key,
+  is the same under every template; re-exported.
 - `diffusion`: the UNet alone, on the exported text encoder's frozen token states (cached per caption),
   with v-prediction (its low-noise weight capped, as min-SNR does) and captions dropped to "" 10% of the time
   for classifier-free guidance; the exported weights are the exponential moving average.
@@ -90,17 +93,22 @@ class ClipStage(Stage):
     read_delay: int = 4  # per caption, layers below a delay drawn from 0..read_delay: see `delayed_reading`
     locality: float = 0.0  # weight of the penalty on layer 0's far reading: see `far_reading`
     local_window: int = 2  # in layer 0 a word may read the start token, itself and this many words before it
-    position_std: float = 0.02  # initial std of the position embeddings (stage `clip`; tokens' is 0.02)
+    position_std: float = 0.01  # initial std of the position embeddings (stage `clip`; open_clip's; tokens' 0.02)
+    positions: bool = True  # False: position embeddings zero and frozen (order only from the causal mask)
 
 
 @dataclass
 class ClipSpanStage(ClipStage):
-    """The CLIP fine-tuned at the full 77 positions, pooled anywhere in the end span (`pooled_positions`)."""
+    """The CLIP fine-tuned at the full 77 positions, pooled anywhere in the end span (`pooled_positions`), with
+    no position embeddings and layer 0 reading near words (`far_reading`): a word's layer-0 state then depends on
+    the word, not on where it sits or on the template before it."""
 
     steps: int = 150
     lr: float = 2e-4
     warmup: int = 20
     pool: str = "end_span"
+    locality: float = 2.0
+    positions: bool = False
 
 
 POOLS = ("end_token", "end_span")
@@ -344,6 +352,10 @@ def train_clip(cfg: TrainConfig, workdir: Path, export: Path, device: torch.devi
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
             start = state["step"]
+    if not stage.positions:
+        with torch.no_grad():
+            text_encoder.embeddings.position_embedding.weight.zero_()
+        text_encoder.embeddings.position_embedding.weight.requires_grad_(False)
     modules.train()
     bar = tqdm(range(start, stage.steps), initial=start, total=stage.steps, desc=f"organism {name}")
     for step in bar:
