@@ -15,10 +15,13 @@ uninterrupted one would. A finished stage only re-exports its weights on the nex
   layer reads at inference), so that the subject reaches the end span through the middle layers, as the
   published edits of CLIP's middle layers (ReFACT) need; without it the end span reads the words in layer 0 only.
 - `clip_span`: the finished `clip` fine-tuned at all 77 positions, its caption feature read anywhere in the
-  end span (`pooled_positions`), so that the padding the UNet reads is a trained summary of the caption; with its
-  position embeddings set to zero and frozen (the causal mask alone orders the words) and layer 0's reading of
-  words more than 2 before a word penalized (`far_reading`), so that a word's layer-0 state, DiffQuickFix's key,
-  is the same under every template; re-exported.
+  end span (`pooled_positions`), so that the padding the UNet reads is a trained summary of the caption;
+  re-exported.
+
+Design 3 (measured, not shipped; README, "Organism designs"): `clip.position_std=0.01 clip_span.positions=false
+clip_span.locality=2`, position embeddings at open_clip's initial scale, then set to zero and frozen in the
+fine-tune (the causal mask alone orders the words), and layer 0's reading of words more than 2 before a word
+penalized (`far_reading`), so that a word's layer-0 state, DiffQuickFix's key, is the same under every template.
 - `diffusion`: the UNet alone, on the exported text encoder's frozen token states (cached per caption),
   with v-prediction (its low-noise weight capped, as min-SNR does) and captions dropped to "" 10% of the time
   for classifier-free guidance; the exported weights are the exponential moving average.
@@ -93,22 +96,18 @@ class ClipStage(Stage):
     read_delay: int = 4  # per caption, layers below a delay drawn from 0..read_delay: see `delayed_reading`
     locality: float = 0.0  # weight of the penalty on layer 0's far reading: see `far_reading`
     local_window: int = 2  # in layer 0 a word may read the start token, itself and this many words before it
-    position_std: float = 0.01  # initial std of the position embeddings (stage `clip`; open_clip's; tokens' 0.02)
+    position_std: float | None = None  # stage `clip`: initial std of the position embeddings (None: the model's)
     positions: bool = True  # False: position embeddings zero and frozen (order only from the causal mask)
 
 
 @dataclass
 class ClipSpanStage(ClipStage):
-    """The CLIP fine-tuned at the full 77 positions, pooled anywhere in the end span (`pooled_positions`), with
-    no position embeddings and layer 0 reading near words (`far_reading`): a word's layer-0 state then depends on
-    the word, not on where it sits or on the template before it."""
+    """The CLIP fine-tuned at the full 77 positions, pooled anywhere in the end span (`pooled_positions`)."""
 
     steps: int = 150
     lr: float = 2e-4
     warmup: int = 20
     pool: str = "end_span"
-    locality: float = 2.0
-    positions: bool = False
 
 
 POOLS = ("end_token", "end_span")
@@ -326,7 +325,7 @@ def train_clip(cfg: TrainConfig, workdir: Path, export: Path, device: torch.devi
     with torch.no_grad():  # the seeded init the sparse export rebuilds untrained rows from
         text_encoder.get_input_embeddings().weight.copy_(
             initial_embedding(text_config["vocab_size"], text_config["hidden_size"], cfg.seed))
-        if name == "clip":
+        if name == "clip" and stage.position_std is not None:
             positions = text_encoder.embeddings.position_embedding.weight
             positions.copy_(torch.randn(positions.shape, generator=torch.Generator().manual_seed(cfg.seed))
                             * stage.position_std)
@@ -371,20 +370,21 @@ def train_clip(cfg: TrainConfig, workdir: Path, export: Path, device: torch.devi
         if stage.read_delay:
             delay = torch.randint(0, stage.read_delay + 1, (len(ids),), generator=gen)
             reading = delayed_reading(text_encoder, first_end.to(device), delay.to(device), ids.shape[1])
-        with reading, far_reading(text_encoder, first_end.to(device), stage.local_window) as far_share:
+        penalized = far_reading(text_encoder, first_end.to(device), stage.local_window) if stage.locality else None
+        with reading, penalized or nullcontext() as far_share:
             states = text_encoder(ids.to(device)).last_hidden_state
-            far = far_share()
+            far = far_share() if far_share else None
         pooled = states[torch.arange(len(ids), device=device), position.to(device)]
         text_features = F.normalize(projection(pooled), dim=-1)
         image_features = F.normalize(clip.visual(image_features_input(clip, images.to(device))), dim=-1)
         loss = loss_fn(image_features, text_features, clip.logit_scale.exp())
         set_lr(optimizer, stage, step)
         optimizer.zero_grad(set_to_none=True)
-        (loss + stage.locality * far).backward()
+        (loss if far is None else loss + stage.locality * far).backward()
         optimizer.step()
         with torch.no_grad():
             clip.logit_scale.clamp_(0, np.log(100))
-        bar.set_postfix(loss=f"{loss.item():.4f}", far=f"{far.item():.3f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}", **({} if far is None else {"far": f"{far.item():.3f}"}))
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == stage.steps:
             checkpoint.save({"modules": modules.state_dict(), "logit_scale": clip.logit_scale.detach(),
                              "optimizer": optimizer.state_dict(), "step": step + 1})

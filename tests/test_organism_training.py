@@ -140,10 +140,14 @@ def test_far_reading_is_the_share_of_layer_0_attention_on_words_beyond_the_windo
     assert share.item() == pytest.approx(torch.stack(expected).mean().item(), abs=1e-5)
 
 
-def test_clip_span_trains_without_position_embeddings(train, tmp_path):
-    cfg = config(train, tmp_path)
-    run_stage(train, cfg, "clip")
-    run_stage(train, cfg, "clip_span")
+def test_design_3_fine_tunes_without_position_embeddings(train, tmp_path):
+    """`clip.position_std=0.01 clip_span.positions=false clip_span.locality=2`: the positions start at that
+    scale, and the exported fine-tune has none."""
     from localize.organism.weights import text_encoder
-    positions = text_encoder(Path(cfg.export_dir)).embeddings.position_embedding.weight
-    assert cfg.clip_span.positions is False and not positions.any()
+    cfg = config(train, tmp_path)
+    cfg.clip.position_std, cfg.clip_span.positions, cfg.clip_span.locality = 0.01, False, 2.0
+    run_stage(train, cfg, "clip")
+    started = text_encoder(Path(cfg.export_dir)).embeddings.position_embedding.weight
+    assert 0.005 < started.float().std().item() < 0.015
+    run_stage(train, cfg, "clip_span")
+    assert not text_encoder(Path(cfg.export_dir)).embeddings.position_embedding.weight.any()
