@@ -55,6 +55,7 @@ def side_by_side(model, cfg: GenerateBench) -> dict[str, float]:
             return model.pipeline(prompts, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance,
                                   generator=generators, output_type="pt", **size)[0]
 
+    model.pipeline.set_progress_bar_config(disable=True)
     ours(), pipeline()  # warm-up
     times = {"localize": [], "pipeline": []}
     for _ in range(cfg.repeats):
