@@ -1,8 +1,8 @@
 """Rows per batch from the device's memory (`batch_size: auto`), and batches halved on out-of-memory.
 
 A row is one prompt x seed of a batched generation (with classifier-free guidance it runs as two UNet rows, one
-per half; the probe measures that). One row's cost is measured, not guessed: a probe runs the real work for one
-denoising step at two batch sizes and the difference of their peak memory is the cost of a row.
+per half; the probe measures that). One row's cost is measured, not guessed: the job's first batch runs at two
+sizes (the callers keep the second one's results) and the difference of their peak memory is the cost of a row.
 
 - CUDA: the allocator's peak (`torch.cuda.max_memory_allocated`); the budget is the free device memory
   (`torch.cuda.mem_get_info`) less a safety margin.
@@ -91,7 +91,7 @@ def peak_bytes(work: Callable[[], object], device: torch.device) -> int:
 
 def rows_that_fit(probe: Callable[[int], object], device: torch.device, sizes: tuple[int, int],
                   memory_budget: float | None = None, minimum: int = 1) -> int:
-    """Rows per batch for `probe(n)` (the work at n rows, one denoising step), measured at the two `sizes`:
+    """Rows per batch for `probe(n)` (the work at n rows), measured at the two `sizes`:
     cost per row = the difference of their peaks over the difference of sizes, fixed cost = the rest. At most
     `AUTO_CAP`. Raises MemoryError, saying what one row needs, when fewer than `minimum` rows fit."""
     small, large = sizes
