@@ -41,7 +41,8 @@ def run_measured(args: list[str], cwd) -> tuple[subprocess.CompletedProcess, flo
     result = subprocess.run([sys.executable, "-c", REPORTING_PEAK, *args], cwd=cwd, capture_output=True, text=True,
                             timeout=3600)
     seconds = time.perf_counter() - start
-    peak = int(result.stderr.rsplit("peak rss kib", 1)[1].split()[0]) / 2**20
+    reported = result.stderr.rsplit("peak rss kib", 1)
+    peak = int(reported[1].split()[0]) / 2**20 if len(reported) == 2 else float("nan")  # none when killed
     return result, seconds, peak
 
 
@@ -52,6 +53,7 @@ def test_full_size_models_run_every_job_at_native_resolution(name, tmp_path):
     out = tmp_path / "run"
     result, seconds, peak = run_measured([job, f"model={model}", *COMMON, *overrides, f"hydra.run.dir={out}"],
                                          tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, (f"exit {result.returncode} after {seconds:.0f} s (-9: killed, e.g. out of "
+                                    f"memory)\n{result.stderr[-3000:]}")
     assert len(pd.read_parquet(out / "results.parquet"))
     print(f"\nfull size | {name} | {seconds:.0f} s | peak {peak:.1f} GiB")
