@@ -47,9 +47,12 @@ def flat(scores) -> list[float]:
     return [*clean, *(score for unit in rows for score in unit)]
 
 
-def restorations_of(organism):
+def apple_scores(organism, scorer, settings: TraceSettings) -> list[float]:
+    """The apple's clean score, its corrupted run and 9 restorations (10 patched rows), traced with `settings`."""
     states = prompt_states(organism, APPLE, ("cross_attn",), ("mlp",))
-    return [[(), *((s,) for s in states[:9])]]
+    restorations = [[(), *((s,) for s in states[:9])]]
+    stds = unit_noise_stds(organism, [APPLE], settings)
+    return flat(batched_scores(organism, scorer, [APPLE], restorations, settings, stds))
 
 
 class Spy:
@@ -68,17 +71,13 @@ class Spy:
 
 def test_auto_splits_the_rows_within_a_simulated_budget_and_scores_as_one_batch(organism64, scorer64, monkeypatch):
     organism, scorer = organism64, scorer64
-    restorations = restorations_of(organism)
-    one_batch = TraceSettings(steps=2, batch_size=64)
-    stds = unit_noise_stds(organism, [APPLE], one_batch)
-    expected = flat(batched_scores(organism, scorer, [APPLE], restorations, one_batch, stds))
+    expected = apple_scores(organism, scorer, TraceSettings(steps=2, batch_size=64))
     per_row = (peak_bytes(lambda: localize.generation.generate(organism, ["a"] * 4, [0] * 4, steps=2), CPU)
                - peak_bytes(lambda: localize.generation.generate(organism, ["a"] * 2, [0] * 2, steps=2), CPU)) / 2
     spy = Spy(localize.batching.generate)
     monkeypatch.setattr(localize.batching, "generate", spy)
     auto = TraceSettings(steps=2, batch_size="auto", memory_budget=5.5 * per_row / GIB)
-    assert flat(batched_scores(organism, scorer, [APPLE], restorations, auto, stds)) == pytest.approx(expected,
-                                                                                                    abs=1e-8)
+    assert apple_scores(organism, scorer, auto) == pytest.approx(expected, abs=1e-8)
     probes, batches = spy.calls[:2], spy.calls[2:]
     assert probes == [2, 4] and 2 <= max(batches) <= 5 and len(batches) >= 2
     assert sum(batches) - len(batches) == 10 - 3  # 10 patched rows, 3 kept from the probe; a source row a batch
@@ -86,14 +85,11 @@ def test_auto_splits_the_rows_within_a_simulated_budget_and_scores_as_one_batch(
 
 def test_out_of_memory_halves_the_batch_and_keeps_what_was_done(organism64, scorer64, monkeypatch):
     organism, scorer = organism64, scorer64
-    restorations = restorations_of(organism)
     settings = TraceSettings(steps=2, batch_size=4)
-    stds = unit_noise_stds(organism, [APPLE], settings)
-    expected = flat(batched_scores(organism, scorer, [APPLE], restorations, settings, stds))
+    expected = apple_scores(organism, scorer, settings)
     spy = Spy(localize.batching.generate, fail_above=2, fail_from=1)  # the first batch of 4 passes, then OOM
     monkeypatch.setattr(localize.batching, "generate", spy)
-    assert flat(batched_scores(organism, scorer, [APPLE], restorations, settings, stds)) == pytest.approx(expected,
-                                                                                                        abs=1e-8)
+    assert apple_scores(organism, scorer, settings) == pytest.approx(expected, abs=1e-8)
     assert spy.calls == [4, 4, 2, 2, 2, 2, 2, 2, 2]  # 3 rows done, an OOM at 4, the other 6 rows in pairs
     prompts, seeds = ["an apple", "a tree", "a box", "a kite", "a bowl"], [0, 1, 2, 3, 4]
     whole = generate_batches(organism, prompts, seeds, batch_size=5, steps=2)
