@@ -10,10 +10,10 @@ chunked into batches of at most `batch_size` rows; a unit split across batches r
 A row's image depends only on its prompt, seed and patches, so the batched scores equal `serial_scores`,
 the reference loop of ROME's `trace_with_patch` (one generation of [clean, restored] per restoration).
 
-No row is spent on a state the corruption cannot reach: in a causal text encoder (CLIP), a state at positions
-all before the unit's first corrupted token is the same in the clean and corrupted runs, so restoring it
-reproduces the corrupted run and its indirect effect is exactly 0. Such states are recorded with the corrupted
-score and `generated` False (`unreached`).
+No row is spent on a state whose image is known without generating it (`causal_tracing.pruning`): a state the
+corruption cannot reach in a causal text encoder (`unreached`), and a text state whose restoration conditions
+the UNet bit-identically to the corrupted run, the clean run or an earlier restoration (`same_conditioning`).
+Such states are recorded with that run's score, `generated` False and `same_as` naming the run.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from collections.abc import Sequence
 import pandas as pd
 
 from causal_tracing.corruption import attribute_positions, corruption_patches, noise_stds
+from causal_tracing.pruning import Known, same_conditioning, unreached
 from causal_tracing.settings import TraceSettings, Unit, check_kinds
 from causal_tracing.states import State, text_states, token_roles, unet_states
 from localize.batching import PackedUnit, RowPatches, score_packed
-from localize.families import TEXT_ENCODER_ARCHS
 from localize.generation import generate
 from localize.model import Model
 from localize.patches import Patch
@@ -123,13 +123,26 @@ def prompt_states(model: Model, unit: Unit, unet_kinds, text_kinds) -> list[Stat
     return unet_states(model, unet_kinds) + text_states(model, roles, text_kinds)
 
 
-def unreached(model: Model, state: State) -> bool:
-    """Whether `state` lies before every corrupted token (token role `start` or `before`) of a causal text
-    encoder, where restoring it provably changes nothing."""
-    if state.token_role not in ("start", "before"):
-        return False
-    encoder = int(state.location.rsplit(".", 1)[1])
-    return TEXT_ENCODER_ARCHS[type(model.text_encoders[encoder]).__name__].causal
+def known_results(model: Model, unit: Unit, states: Sequence[State], settings: TraceSettings,
+                  stds: list[float]) -> dict[State, Known]:
+    """The states of `unit` whose restored image is known without generating it, each with the run it equals
+    (`causal_tracing.pruning`): `unreached` ones (the corrupted run), then `same_conditioning` ones."""
+    corruption = _Corruption(model, [unit], stds)
+    known: dict[State, Known] = {state: "corrupted" for state in states if unreached(model, state)}
+
+    def row_patches(state: State | None, row: int) -> list[Patch]:
+        restored = restore_patches((state,), row, 0, settings) if state is not None else []
+        return corruption.patches(unit, [row]) + restored
+
+    known |= same_conditioning(model, unit.prompt, [state for state in states if state not in known], row_patches)
+    return known
+
+
+def _same_as(known: Known | None) -> str:
+    """The `same_as` column: "" (generated), "corrupted", "clean", or the earlier state as `site@position`."""
+    if known is None or isinstance(known, str):
+        return known or ""
+    return f"{known.site}@{known.tokens[0]}"
 
 
 def _token_text(model: Model, unit: Unit, state: State) -> str:
@@ -156,8 +169,9 @@ def trace(
     Columns: the unit (`prompt, attribute, text, seed`), the state (`site, group, kind, location, layer, token`
     (first position, -1 for UNet states), `token_role, token_text, key`), the scores (`score_clean,
     score_corrupted, score_restored`), `indirect_effect` = (restored - corrupted) / (clean - corrupted), NaN
-    where the corruption lowered the clean score by less than `settings.min_drop`, and `generated`: False for a
-    state the corruption cannot reach (`unreached`), scored as the corrupted run without generating it.
+    where the corruption lowered the clean score by less than `settings.min_drop`, `generated`: False for a
+    state whose image is known without generating it (`known_results`), scored as the run it equals, which
+    `same_as` names (`corrupted`, `clean` or `site@position`; "" when generated).
     """
     if not units:
         raise ValueError("no prompt to trace: the prompt set is empty")
@@ -165,17 +179,20 @@ def trace(
     check_kinds(unet_kinds, text_kinds)
     stds = unit_noise_stds(model, units, settings)
     states = [prompt_states(model, unit, unet_kinds, text_kinds) for unit in units]
-    reached = [[state for state in unit_states if not unreached(model, state)] for unit_states in states]
-    restorations = [[(), *((s,) for s in unit_states)] for unit_states in reached]
+    known = [known_results(model, unit, unit_states, settings, stds)
+             for unit, unit_states in zip(units, states, strict=True)]
+    generated = [[state for state in unit_states if state not in unit_known]
+                 for unit_states, unit_known in zip(states, known, strict=True)]
+    restorations = [[(), *((s,) for s in unit_generated)] for unit_generated in generated]
     clean, restored = batched_scores(model, scorer, units, restorations, settings, stds, progress)
     rows = []
-    for unit, unit_states, generated, score_clean, scores in zip(units, states, reached, clean, restored,
-                                                                 strict=True):
+    for unit, unit_states, unit_known, unit_generated, score_clean, scores in zip(
+            units, states, known, generated, clean, restored, strict=True):
         corrupted, drop = scores[0], score_clean - scores[0]
         measured = drop > 0 and drop >= settings.min_drop
-        restored_scores = dict(zip(generated, scores[1:], strict=True))
+        by_run = {"clean": score_clean, "corrupted": corrupted, **dict(zip(unit_generated, scores[1:], strict=True))}
         for state in unit_states:
-            score = restored_scores.get(state, corrupted)
+            score = by_run[unit_known.get(state, state)]
             rows.append({
                 "prompt": unit.prompt, "attribute": unit.attribute, "text": unit.text, "seed": unit.seed,
                 "site": state.site, "group": state.group, "kind": state.kind, "location": state.location,
@@ -183,7 +200,6 @@ def trace(
                 "token_role": state.token_role or "", "token_text": _token_text(model, unit, state),
                 "key": state.key, "score_clean": score_clean, "score_corrupted": corrupted, "score_restored": score,
                 "indirect_effect": (score - corrupted) / drop if measured else float("nan"),
-                "generated": state in restored_scores,
+                "generated": state not in unit_known, "same_as": _same_as(unit_known.get(state)),
             })
     return pd.DataFrame(rows)
-

@@ -27,7 +27,8 @@ class PatchRun:
     it before each forward. None (the start): the layout is unknown, so only patches that apply to every row
     alike (`Patch.reads_layout` False) may run, e.g. around the pipeline's own call; the others are an error.
     `step` is the index of the current denoising step (None outside a denoising loop). `captured[site]` holds
-    what each captured site held on each call of the block, in call order (detached, on its device).
+    what each captured site held on each call of the block, in call order (detached, on its device). `ran`:
+    the sites whose patches' hook has run (`check_ran`).
     """
 
     def __init__(self, rows: int | None):
@@ -35,6 +36,23 @@ class PatchRun:
         self.halves: tuple[str, ...] | None = None
         self.step: int | None = None
         self.captured: dict[str, list[torch.Tensor]] = {}
+        self.ran: set[str] = set()
+        self._indices: dict[tuple, torch.Tensor] = {}
+
+    def check_ran(self, patches: Sequence[Patch]) -> None:
+        """Raise if a patch's module was never called in the block: a patch that silently did nothing (e.g. a
+        library version whose forward calls another module than the one the site names)."""
+        missing = sorted({patch.site for patch in patches} - self.ran)
+        if missing:
+            raise RuntimeError(f"patched site(s) {missing} never ran: their module is not called by this forward, "
+                               "so the patch changed nothing")
+
+    def _index(self, positions: list[int], device: torch.device) -> torch.Tensor:
+        """The index tensor of `positions` on `device`, built once per run."""
+        key = (tuple(positions), device)
+        if key not in self._indices:
+            self._indices[key] = torch.tensor(positions, device=device)
+        return self._indices[key]
 
     def apply(self, entries: Sequence[tuple[Patch, Site]], x: torch.Tensor) -> torch.Tensor:
         """`x` with the patches applied in order; each patch is read through its own site's axis conventions."""
@@ -55,6 +73,7 @@ class PatchRun:
                 f"site {entries[0][1].name!r} saw a batch of {x.shape[0]} rows, expected {rows} prompt rows x "
                 f"{len(halves)} CFG halves {halves}"
             )
+        self.ran.update(patch.site for patch, _ in entries)
         out = None
         for patch, site in entries:
             if not site.in_text_encoder and not patch.active_at(self.step):
@@ -65,9 +84,9 @@ class PatchRun:
                     continue
                 out = x.clone() if out is None else out
                 offset = h * rows
-                index = torch.tensor([offset + r for r in prompt_rows], device=x.device)
+                index = self._index([offset + r for r in prompt_rows], x.device)
                 current = out[index]
-                sources = out[torch.tensor([offset + r for r in patch.source_rows], device=x.device)]
+                sources = out[self._index([offset + r for r in patch.source_rows], x.device)]
                 new = patch.new_values(current, sources)
                 mask = patch.selection_mask(current.shape[1:], site.text_axis, x.device)
                 out[index] = new if mask is None else torch.where(mask, new, current)

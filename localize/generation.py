@@ -51,6 +51,19 @@ def image_size(model: Model, height: int | None, width: int | None) -> tuple[int
 
 
 @torch.no_grad()
+def encode_patched(model: Model, prompts: Sequence[str], patches: Sequence[Patch] = (), height: int | None = None,
+                   width: int | None = None) -> dict:
+    """What `generate`'s UNet reads from the conditional half for `prompts` (the family's `encode`: e.g. SD-XL's
+    penultimate states and pooled projection), with the text-encoder `patches` applied; patch rows are prompt
+    rows. No denoising: a text-encoder pass only."""
+    with patching(model, patches, rows=len(prompts)) as run:
+        run.halves = ("cond",)
+        conditioning = model.spec.encode(model.pipeline, list(prompts), image_size(model, height, width))
+        run.check_ran(patches)
+    return conditioning
+
+
+@torch.no_grad()
 def generate(
     model: Model,
     prompts: Sequence[str],
@@ -120,6 +133,7 @@ def generate(
             ):
                 prediction = prediction[:, :channels]
             latents = scheduler.step(prediction, t, latents, **step_kwargs, return_dict=False)[0]
+        run.check_ran(patches)
     return decode(model, latents)
 
 

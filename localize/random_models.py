@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 
 import diffusers
 import torch
@@ -16,6 +17,17 @@ from localize.vocab import clip_tokenizer, t5_tokenizer
 
 _CONFIG_CLASSES = {"CLIPTextModel": "CLIPTextConfig", "CLIPTextModelWithProjection": "CLIPTextConfig",
                    "T5EncoderModel": "T5Config"}
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype | None):
+    """New parameters are drawn in `dtype` (None: float32) inside the block."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def _tokenizer(kind: str):
@@ -32,13 +44,15 @@ def random_model(
     """A `family` pipeline (`sd1, sd2, sdxl, if, organism`) with seeded random weights and real offline tokenizers.
 
     `size="full"` is the published architecture (build it on `device="meta"` to inspect layer tables without
-    memory); `size="tiny"` keeps its structure with small widths. The global RNG is left untouched.
+    memory); `size="tiny"` keeps its structure with small widths. Weights are drawn directly in `dtype`, so a
+    full-size model never exists in float32 first (IF-I-XL with T5-XXL is 36 GB in float32, 18 GB in bf16);
+    the same seed in another dtype gives other weights. The global RNG is left untouched.
     """
     spec = get_family(family)
     arch = architecture(family, size)
     target = torch.device(device) if device is not None else torch.device("cpu")
     build_device = target if target.type == "meta" else torch.device("cpu")
-    with torch.random.fork_rng(devices=[]), build_device:
+    with torch.random.fork_rng(devices=[]), build_device, _default_dtype(parse_dtype(dtype)):
         torch.manual_seed(seed)
         components = {"unet": UNet2DConditionModel(**arch.unet)}
         if arch.vae is not None:
@@ -58,5 +72,5 @@ def random_model(
         if isinstance(module, torch.nn.Module):
             module.eval()
     if target.type != "meta":
-        pipeline.to(target, *([parse_dtype(dtype)] if dtype is not None else []))
+        pipeline.to(target)
     return Model.from_pipeline(pipeline, family)

@@ -1,6 +1,8 @@
 """Causal tracing: restorations against independent runs, batching against the serial reference loop, token roles,
 effects and their bootstrap, the other families, and bad input."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,12 +11,14 @@ import torch
 import localize.batching
 from causal_tracing.corruption import attribute_positions, corruption_patches, embedding_std, noise_stds
 from causal_tracing.effects import state_effects
+from causal_tracing.pruning import same_conditioning
 from causal_tracing.states import token_roles, unet_states
 from causal_tracing.tracing import (
     TraceSettings,
     Unit,
     batched_scores,
     prompt_states,
+    restore_patches,
     serial_scores,
     trace,
     unit_noise_stds,
@@ -201,3 +205,47 @@ def test_corrupted_rows_do_not_depend_on_the_batch(organism):
     images = generate(organism, [APPLE.prompt, KING.prompt, APPLE.prompt], [APPLE.seed, 1, APPLE.seed], steps=2,
                       patches=patches)
     assert torch.allclose(images[0], images[2], atol=1e-5)
+
+
+def test_restorations_that_condition_the_unet_like_another_run_are_found(tiny_models):
+    """`same_conditioning` names, for each text state, the run whose conditioning its restoration repeats: no
+    patch is the clean run, the corruption alone the corrupted run, a repeated restoration its first copy."""
+    model = tiny_models("sd1")
+    unit = Unit("a photo of an apple", "apple", "an apple", 0)
+    corruption = corruption_patches(attribute_positions(model, unit.prompt, unit.attribute), [1.0], 0, [0])
+    roles = {s.token_role: s for s in prompt_states(model, unit, (), ("mlp",)) if s.layer == 0}
+    start, apple, end = roles["start"], roles["attribute_last"], roles["end"]
+    twin = replace(apple, layer=1)  # given the patches of `apple` below
+
+    def row_patches(state, row):
+        noise = [replace(patch, rows=(row,)) for patch in corruption]
+        if state == start:
+            return []
+        if state is None or state == end:
+            return noise
+        return noise + restore_patches((apple,), row, 0, TraceSettings())
+
+    known = same_conditioning(model, unit.prompt, [start, apple, end, twin], row_patches)
+    assert known == {start: "clean", end: "corrupted", twin: apple}
+
+
+def test_sdxl_never_generates_last_layer_states_its_unet_does_not_read(tiny_models, scorer):
+    """SD-XL reads its encoders' penultimate layers: a last-layer restoration reaches the image only through the
+    second encoder's pooled projection, at its end token. The others are recorded as the corrupted run, and
+    generated anyway they score as it does."""
+    model = tiny_models("sdxl")
+    unit = Unit("a photo of an apple", "apple", "an apple", 0)
+    settings = TraceSettings(steps=2, min_drop=0.0)
+    table = trace(model, scorer, [unit], settings, unet_kinds=(), text_kinds=("self_attn", "mlp"))
+    last = [len(encoder.text_model.encoder.layers) - 1 for encoder in model.text_encoders]
+    text = table[table["group"] == "text_encoder"]
+    is_last = text["layer"] == text["location"].map(lambda location: last[int(location[-1])])
+    pooled = (text["location"] == "text_encoder.1") & (text["token_role"] == "end")
+    known = text["token_role"].isin(["start", "before"]) | (is_last & ~pooled)
+    assert (text["generated"] == ~known).all()
+    assert (text.loc[known, "same_as"] == "corrupted").all() and (text.loc[~known, "same_as"] == "").all()
+    repeated = set(zip(text.loc[known & is_last, "site"], text.loc[known & is_last, "token"], strict=True))
+    skipped = [s for s in prompt_states(model, unit, (), ("self_attn", "mlp")) if (s.site, s.tokens[0]) in repeated]
+    stds = unit_noise_stds(model, [unit], settings)
+    _, (scores,) = batched_scores(model, scorer, [unit], [[(), *((s,) for s in skipped)]], settings, stds)
+    assert len(skipped) > 4 and scores[1:] == pytest.approx([scores[0]] * len(skipped), abs=1e-4)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from localize import Patch, generate, patching
+from localize.generation import encode_patched
 from localize.sites import all_site_names, resolve_site
 
 PROMPT = "a photo of a red rose"
@@ -243,3 +244,19 @@ def test_captures_read_what_a_plain_hook_reads_and_see_the_blocks_patches(sd1):
     with pytest.raises(ValueError, match="unknown site 'cross_attn.2.context.input'"):
         resolve_site(sd1, "cross_attn.2.context.input")
     assert resolve_site(sd1, "text_encoder.0.layers.0.mlp.fc2.input").hook == "input"
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl", "if"])
+def test_each_text_encoders_embedding_site_is_the_module_its_forward_calls(tiny_models, family):
+    """Noise on `text_encoder.E.embeddings` changes the conditioning of its row only (T5 in transformers 5 embeds
+    with `encoder.embed_tokens`, a module tied to, but not the same as, `shared`)."""
+    model = tiny_models(family)
+    for encoder in range(len(model.text_encoders)):
+        patch = Patch(f"text_encoder.{encoder}.embeddings", op="noise", std=1.0, rows=[1], branch="cond")
+        states = encode_patched(model, [PROMPT] * 2, [patch])["encoder_hidden_states"]
+        assert not torch.equal(states[0], states[1]), f"text encoder {encoder}"
+
+
+def test_a_patch_whose_module_never_runs_is_an_error(sd1):
+    with pytest.raises(RuntimeError, match=r"\['cross_attn.3.to_v'\] never ran"):
+        encode_patched(sd1, [PROMPT], [Patch("cross_attn.3.to_v", op="zero")])

@@ -1,7 +1,9 @@
 """Full-size random models at their native resolution, end to end through the command line on CPU (slow): SD 1.5
 at 512 px runs `trace` (every cross-attention state of one prompt), `locogen` (all 15 windows of m=2) and `edit`
 (TIME, UCE); SD-XL at 1024 px runs `locogen` with two windows; IF stage I at 64 px runs `trace`. One denoising
-step each, `batch_size=auto`. Each run prints its wall time and peak resident memory (the README's table):
+step each, `batch_size=auto`; float32, but SD-XL and IF in bfloat16 (in float32 they do not fit this 23 GiB
+machine: IF-I-XL with T5-XXL is 36 GB of weights). Each run prints its wall time and peak resident memory (the
+README's table):
 
     .venv/bin/python -m pytest -m slow -s tests/test_full_size.py
 """
@@ -15,18 +17,21 @@ import pytest
 
 ONE = "prompts.entries=[{prompt:'a painting of a lighthouse in the style of Monet',attribute:Monet," \
       "altered:'a painting of a lighthouse'}]"
-COMMON = ["model.device=cpu", "model.dtype=null", "scorer=organism", "steps=1", "seeds=[0]", "progress=false"]
+F32, BF16 = "model.dtype=null", "model.dtype=bf16"
+COMMON = ["model.device=cpu", "scorer=organism", "steps=1", "seeds=[0]", "progress=false"]
 RUNS = {
-    "sd15 512 px trace": ("trace", "random_sd15_full", [ONE, "unet_kinds=[cross_attn]", "text_kinds=[]"]),
-    "sd15 512 px locogen": ("locogen", "random_sd15_full", [ONE, "m=2", "neurons.enabled=false"]),
+    "sd15 512 px trace": ("trace", "random_sd15_full", [F32, ONE, "unet_kinds=[cross_attn]", "text_kinds=[]"]),
+    "sd15 512 px locogen": ("locogen", "random_sd15_full", [F32, ONE, "m=2", "neurons.enabled=false"]),
     "sd15 512 px edit time": ("edit", "random_sd15_full", [
+        F32,
         "method=time", "+params.source='a photo of a rose'", "+params.destination='a photo of a blue rose'",
         "evaluate=['a photo of a rose']"]),
     "sd15 512 px edit uce": ("edit", "random_sd15_full", [
+        F32,
         "method=uce", "+params.concepts=['a painting in the style of Monet']",
         "evaluate=['a painting of a lighthouse']"]),
-    "sdxl 1024 px locogen": ("locogen", "random_sdxl_full", [ONE, "m=69", "neurons.enabled=false"]),
-    "if 64 px trace": ("trace", "random_if_full", [ONE, "unet_kinds=[cross_attn]", "text_kinds=[]"]),
+    "sdxl 1024 px locogen": ("locogen", "random_sdxl_full", [BF16, ONE, "m=69", "neurons.enabled=false"]),
+    "if 64 px trace": ("trace", "random_if_full", [BF16, ONE, "unet_kinds=[cross_attn]", "text_kinds=[]"]),
 }
 
 
