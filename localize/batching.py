@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from localize.checks import AUTO
 from localize.generation import generate
-from localize.memory import halving_on_oom, rows_that_fit
+from localize.memory import run_in_batches
 from localize.model import Model
 from localize.patches import Patch
 from localize.scoring import ClipScorer
@@ -39,6 +38,16 @@ def pack_rows(pieces: list[Piece], batch_size: int) -> list[list[Piece]]:
             free -= take + 1
             start += take
     return batches + ([batch] if batch else [])
+
+
+def next_batch(pieces: list[Piece], batch_size: int) -> tuple[list[Piece], list[Piece]]:
+    """The first batch `pack_rows` makes of `pieces`, and the pieces left after it: a piece the batch split
+    continues whole, so packing what is left at a larger size never repeats a source row needlessly."""
+    batch = pack_rows(pieces, batch_size)[0]
+    unit, taken = batch[-1]
+    whole = pieces[len(batch) - 1][1]
+    rest = pieces[len(batch):]
+    return batch, ([(unit, whole[len(taken):])] if len(taken) < len(whole) else []) + rest
 
 
 RowPatches = Callable[[int, int], list[Patch]]  # (the row's batch index, its source row's) -> its patches
@@ -69,8 +78,8 @@ def score_packed(
 ) -> tuple[list[float], list[list[float]]]:
     """Generate every unit's rows, packed by `pack_rows`, and CLIP-score them: the score of each unit's source
     row, and of each of its patched rows. `batch_size`: rows per batch, or "auto" (`localize.memory`: measured
-    on the first batches, within `memory_budget` GiB); after an out-of-memory error the rows not yet scored are
-    packed again at half the batch. A row's score depends only on its unit and patches, not on its batch."""
+    on the first two batches, within `memory_budget` GiB); after an out-of-memory error the rows not yet scored
+    are packed again at half the batch. A row's score depends only on its unit and patches, not on its batch."""
     source_scores = [0.0] * len(units)
     row_scores = [[0.0] * len(unit.row_patches) for unit in units]
 
@@ -95,24 +104,16 @@ def score_packed(
                 row_scores[u][i] = score
 
     remaining = [(u, range(len(unit.row_patches))) for u, unit in enumerate(units)]
-    rows = sum(len(piece) + 1 for _, piece in remaining)
-    with tqdm(total=rows - len(units), desc=desc, unit="row", disable=not progress) as bar:  # patched rows
-        if batch_size == AUTO and rows <= 4:
-            batch_size = max(rows, 2)
-        elif batch_size == AUTO:  # probed on the first batches of 2 and of 4 rows; the second one counts
-            batch_size = rows_that_fit(lambda n: run(pack_rows(remaining, n)[0]), model.device, (2, 4),
-                                       memory_budget, minimum=2)
-            first, *later = pack_rows(remaining, 4)
-            remaining = [piece for batch in later for piece in batch]
-            bar.update(sum(len(piece) for _, piece in first))
+    with tqdm(total=sum(len(unit.row_patches) for unit in units), desc=desc, unit="row", disable=not progress) as bar:
 
-        def run_remaining(size: int) -> None:
+        def step(size: int) -> int:  # the next batch of at most `size` rows
             nonlocal remaining
-            batches = pack_rows(remaining, size)
-            for done, batch in enumerate(batches, 1):
-                run(batch)
-                remaining = [piece for later in batches[done:] for piece in later]
-                bar.update(sum(len(piece) for _, piece in batch))
+            batch, rest = next_batch(remaining, size)
+            run(batch)
+            remaining = rest
+            bar.update(sum(len(piece) for _, piece in batch))  # patched rows
+            return sum(len(piece) + 1 for _, piece in batch)
 
-        halving_on_oom(run_remaining, batch_size, minimum=2)
+        run_in_batches(step, lambda: sum(len(piece) + 1 for _, piece in remaining), batch_size, model.device,
+                       memory_budget, sizes=(2, 4), minimum=2)
     return source_scores, row_scores

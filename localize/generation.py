@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from localize.checks import AUTO, check_batch_size, check_generation
 from localize.engine import patching
-from localize.memory import halving_on_oom, rows_that_fit
+from localize.memory import run_in_batches
 from localize.model import Model
 from localize.patches import Patch
 from localize.sites import resolve_site
@@ -162,29 +162,21 @@ def decode(model: Model, latents: torch.Tensor) -> torch.Tensor:
 def generate_batches(model: Model, prompts: Sequence[str], seeds: Sequence[int], batch_size: int | str = AUTO,
                      steps: int = 25, guidance: float = 7.5, progress: bool = False, desc: str = "generating",
                      memory_budget: float | None = None) -> torch.Tensor:
-    """`generate` in batches of at most `batch_size` rows, or "auto" (`localize.memory`: measured on the first
-    rows, within `memory_budget` GiB), halved after an out-of-memory error; with a progress bar over the rows. A
+    """`generate` in batches of at most `batch_size` rows, or "auto" (`localize.memory`: measured on the first two
+    batches, within `memory_budget` GiB), halved after an out-of-memory error; with a progress bar over the rows. A
     row depends only on its prompt and seed, so the images equal one big batch's up to floating-point batch
     effects. N x C x H x W on the model's device."""
     check_batch_size(batch_size)
     prompts, seeds = list(prompts), list(seeds)
     images: list[torch.Tensor] = []
-
-    def run(rows: slice) -> None:
-        images.append(generate(model, prompts[rows], seeds[rows], steps, guidance))
-
     with tqdm(total=len(prompts), desc=desc, unit="row", disable=not progress, leave=False) as bar:
-        if batch_size == AUTO and len(prompts) <= 2:
-            batch_size = max(len(prompts), 1)
-        elif batch_size == AUTO:  # probed on the first row and the first two; the second probe's images count
-            batch_size = rows_that_fit(lambda n: run(slice(0, n)), model.device, (1, 2), memory_budget)
-            images[:] = images[1:]
-            bar.update(2)
 
-        def run_remaining(size: int) -> None:
-            for start in range(sum(len(batch) for batch in images), len(prompts), size):
-                run(slice(start, start + size))
-                bar.update(len(images[-1]))
+        def step(size: int) -> int:  # the next batch of at most `size` rows
+            start = sum(len(batch) for batch in images)
+            images.append(generate(model, prompts[start:start + size], seeds[start:start + size], steps, guidance))
+            bar.update(len(images[-1]))
+            return len(images[-1])
 
-        halving_on_oom(run_remaining, batch_size)
+        run_in_batches(step, lambda: len(prompts) - sum(len(batch) for batch in images), batch_size, model.device,
+                       memory_budget)
     return torch.cat(images)

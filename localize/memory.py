@@ -1,8 +1,8 @@
 """Rows per batch from the device's memory (`batch_size: auto`), and batches halved on out-of-memory.
 
 A row is one prompt x seed of a batched generation (with classifier-free guidance it runs as two UNet rows, one
-per half; the probe measures that). One row's cost is measured, not guessed: the job's first batch runs at two
-sizes (the callers keep the second one's results) and the difference of their peak memory is the cost of a row.
+per half; the probe measures that). One row's cost is measured, not guessed: the job's first two batches run at
+two sizes (their results kept) and the difference of their peak memory is the cost of a row (`run_in_batches`).
 
 - CUDA: the allocator's peak (`torch.cuda.max_memory_allocated`); the budget is the free device memory
   (`torch.cuda.mem_get_info`) less a safety margin.
@@ -27,6 +27,8 @@ import torch
 from accelerate.utils.memory import clear_device_cache, find_executable_batch_size
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from localize.checks import AUTO
 
 AUTO_CAP = 256  # rows: batches beyond this gain no measurable throughput and hide progress
 CUDA_SHARE = 0.9  # of the free device memory
@@ -89,14 +91,17 @@ def peak_bytes(work: Callable[[], object], device: torch.device) -> int:
     return meter.peak
 
 
-def rows_that_fit(probe: Callable[[int], object], device: torch.device, sizes: tuple[int, int],
+def rows_that_fit(probe: Callable[[int], int], device: torch.device, sizes: tuple[int, int],
                   memory_budget: float | None = None, minimum: int = 1) -> int:
-    """Rows per batch for `probe(n)` (the work at n rows), measured at the two `sizes`:
-    cost per row = the difference of their peaks over the difference of sizes, fixed cost = the rest. At most
-    `AUTO_CAP`. Raises MemoryError, saying what one row needs, when fewer than `minimum` rows fit."""
-    small, large = sizes
-    peaks = [peak_bytes(lambda n=n: probe(n), device) for n in (small, large)]
-    per_row = max(1, (peaks[1] - peaks[0]) // (large - small))
+    """Rows per batch for the work `probe(n)` (a batch of at most n rows; returns the rows it ran), measured at
+    the two `sizes`: cost per row = the difference of their peaks over the difference of the rows they ran,
+    fixed cost = the rest. At most `AUTO_CAP`. Raises MemoryError, saying what one row needs, when fewer than
+    `minimum` rows fit."""
+    ran, peaks = [], []
+    for n in sizes:
+        peaks.append(peak_bytes(lambda n=n: ran.append(probe(n)), device))
+    small, large = ran
+    per_row = max(1, (peaks[1] - peaks[0]) // max(1, large - small))
     fixed = max(0, peaks[0] - small * per_row)
     budget = device_budget(device, memory_budget)
     rows = (budget - fixed) // per_row
@@ -108,6 +113,28 @@ def rows_that_fit(probe: Callable[[int], object], device: torch.device, sizes: t
     log.info("batch_size=auto: %d rows per batch (a row %.1f MiB, a batch %.1f MiB besides, budget %.1f MiB on %s)",
              rows, per_row / 2**20, fixed / 2**20, budget / 2**20, device)
     return rows
+
+
+def run_in_batches(step: Callable[[int], int], rows_left: Callable[[], int], batch_size: int | str,
+                   device: torch.device, memory_budget: float | None = None, sizes: tuple[int, int] = (1, 2),
+                   minimum: int = 1) -> None:
+    """Run all the work, `step(n)` at a time: `step(n)` runs the next batch of at most n rows of what is left,
+    keeps its results (only once the batch succeeded) and returns the rows it ran; `rows_left()` counts what is
+    left.
+
+    `batch_size`: rows per batch, or "auto": the first two batches, at `sizes` rows, measure a row
+    (`rows_that_fit`) and the rest runs at what fits; work of at most `sum(sizes)` rows runs as one batch.
+    After an out-of-memory error the batch is halved and what is left runs again (`halving_on_oom`)."""
+    if batch_size == AUTO:
+        left = rows_left()
+        batch_size = max(left, minimum) if left <= sum(sizes) else rows_that_fit(step, device, sizes, memory_budget,
+                                                                                 minimum)
+
+    def run_left(size: int) -> None:
+        while rows_left():
+            step(size)
+
+    halving_on_oom(run_left, batch_size, minimum)
 
 
 Result = TypeVar("Result")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from localize.batching import pack_rows
+from localize.batching import next_batch, pack_rows
 
 
 @pytest.mark.parametrize("batch_size", [2, 3, 7, 64])
@@ -24,3 +24,15 @@ def test_pieces_of_a_unit_keep_their_row_indices():
     batches = pack_rows([(0, range(4, 9)), (1, range(2, 3))], 4)
     assert [[(u, list(rows)) for u, rows in batch] for batch in batches] == [[(0, [4, 5, 6])], [(0, [7, 8])],
                                                                               [(1, [2])]]
+
+
+def test_what_a_batch_leaves_packs_at_a_larger_size_as_if_never_split():
+    """The probe takes small batches first; what is left must not keep their boundaries, or every later batch
+    repeats a unit's source row once per fragment."""
+    pieces = [(0, range(10)), (1, range(3))]
+    batch, rest = next_batch(pieces, 2)
+    assert batch == [(0, range(0, 1))] and rest == [(0, range(1, 10)), (1, range(3))]
+    batch, rest = next_batch(rest, 4)
+    assert batch == [(0, range(1, 4))] and rest == [(0, range(4, 10)), (1, range(3))]
+    assert pack_rows(rest, 64) == [[(0, range(4, 10)), (1, range(3))]]  # one source row per unit
+    assert next_batch([(0, range(2)), (1, range(1))], 3) == ([(0, range(2))], [(1, range(1))])

@@ -36,9 +36,15 @@ def test_the_meter_counts_what_ops_allocate_and_not_views_or_existing_tensors():
 
 
 def test_rows_fit_the_budget_and_a_budget_too_small_for_one_row_names_what_a_row_needs():
-    assert rows_that_fit(held, CPU, (1, 3), memory_budget=11 * MIB / GIB) == 5  # 2 MiB a row, nothing fixed
+    def probe(rows: int) -> int:
+        held(rows)
+        return rows
+
+    assert rows_that_fit(probe, CPU, (1, 3), memory_budget=11 * MIB / GIB) == 5  # 2 MiB a row, nothing fixed
     with pytest.raises(MemoryError, match=r"one row needs 2\.0 MiB, a batch at least 2 rows .* budget is 3\.0 MiB"):
-        rows_that_fit(held, CPU, (1, 3), memory_budget=3 * MIB / GIB, minimum=2)
+        rows_that_fit(probe, CPU, (1, 3), memory_budget=3 * MIB / GIB, minimum=2)
+    # asked for 4 rows, the second batch ran 3 (what was left): a row is measured over the rows run, not asked for
+    assert rows_that_fit(lambda n: probe(min(n, 3)), CPU, (1, 4), memory_budget=11 * MIB / GIB) == 5
 
 
 def flat(scores) -> list[float]:
@@ -80,7 +86,7 @@ def test_auto_splits_the_rows_within_a_simulated_budget_and_scores_as_one_batch(
     assert apple_scores(organism, scorer, auto) == pytest.approx(expected, abs=1e-8)
     probes, batches = spy.calls[:2], spy.calls[2:]
     assert probes == [2, 4] and 2 <= max(batches) <= 5 and len(batches) >= 2
-    assert sum(batches) - len(batches) == 10 - 3  # 10 patched rows, 3 kept from the probe; a source row a batch
+    assert sum(batches) - len(batches) == 10 - 1 - 3  # 10 patched rows, 1 + 3 in the probes; a source row a batch
 
 
 def test_out_of_memory_halves_the_batch_and_keeps_what_was_done(organism64, scorer64, monkeypatch):
