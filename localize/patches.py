@@ -8,11 +8,12 @@ engine maps prompt row r to batch row r (uncond half) and N + r (cond half), and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-OPERATIONS = ("replace", "add", "zero", "noise", "restore", "mean_ablate")
+OPERATIONS = ("replace", "add", "zero", "noise", "restore", "mean_ablate", "function")
 BRANCHES = ("both", "cond", "uncond")
 
 
@@ -32,7 +33,8 @@ class Patch:
     - `op`: `replace` (with `value`), `add` (`value`), `zero`, `noise` (add N(0, std^2) drawn from `seed`; the
       same draw for every row and step, so a row's result never depends on the rest of the batch), `restore`
       (copy the activation of `source_rows[0]` of the same CFG half, ROME's restoration), `mean_ablate` (the
-      mean over `source_rows` of the same CFG half).
+      mean over `source_rows` of the same CFG half), `function` (`fn(rows)`: the selected rows, [R, *row shape],
+      to new ones of the same shape; a user's own operation, e.g. a steering or projection).
     - `value`: a tensor in the site's per-row shape, or broadcastable to it (e.g. one vector per feature).
     - `tokens`: positions on the token axis (text-axis sites only); `neurons`: feature/channel indices.
       The operation writes only the selected entries; `None` selects all.
@@ -51,6 +53,7 @@ class Patch:
     source_rows: tuple[int, ...] = (0,)
     std: float = 1.0
     seed: int = 0
+    fn: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def reads_layout(self) -> bool:
@@ -67,6 +70,9 @@ class Patch:
             raise ValueError(f"patch {self.op!r} on {self.site!r} needs a value tensor")
         if self.op not in ("replace", "add") and self.value is not None:
             raise ValueError(f"patch {self.op!r} on {self.site!r} takes no value")
+        if (self.op == "function") != (self.fn is not None):
+            raise ValueError(f"patch {self.op!r} on {self.site!r}: " + (
+                "needs fn, a function of the selected rows" if self.fn is None else "takes no fn (op='function' does)"))
         if self.op == "noise" and not self.std > 0:
             raise ValueError(f"noise std must be > 0, got {self.std!r}")
         object.__setattr__(self, "tokens", _index_tuple(self.tokens, "tokens"))
@@ -110,6 +116,12 @@ class Patch:
             generator = torch.Generator().manual_seed(self.seed)
             noise = torch.randn(rows.shape[1:], generator=generator).to(rows.device, rows.dtype)
             return rows + self.std * noise
+        if self.op == "function":
+            new = self.fn(rows)
+            if not isinstance(new, torch.Tensor) or new.shape != rows.shape:
+                raise ValueError(f"patch function on {self.site!r} must return a tensor of the rows' shape "
+                                 f"{tuple(rows.shape)}, got {getattr(new, 'shape', type(new).__name__)}")
+            return new
         value = self.value.to(rows.device, rows.dtype)
         try:
             shape = torch.broadcast_shapes(value.shape, rows.shape[1:])

@@ -102,6 +102,24 @@ def test_restoring_a_state_in_every_row_from_row_0(sd1):
     assert not torch.allclose(corrupted[1], corrupted[0])
 
 
+def test_a_user_function_is_an_operation_on_the_selected_entries_only(sd1):
+    """`op="function"` gets the patched rows and writes back only the selected neurons, like the built-in ops."""
+    seen = []
+
+    def zeroed(rows):
+        seen.append(rows.shape)
+        return torch.zeros_like(rows)
+
+    patched = run(sd1, [Patch("cross_attn.4.to_v", op="function", fn=zeroed, neurons=[0, 3], rows=[1])],
+                  prompts=[PROMPT] * 2, seeds=[0, 0])
+    zero = run(sd1, [Patch("cross_attn.4.to_v", op="zero", neurons=[0, 3], rows=[1])], prompts=[PROMPT] * 2,
+               seeds=[0, 0])
+    assert torch.equal(patched, zero) and not torch.equal(patched[0], patched[1])
+    assert seen and all(shape[0] == 1 for shape in seen)  # the selected row of each CFG half
+    with pytest.raises(ValueError, match=r"must return a tensor of the rows' shape \(1, 77, "):
+        run(sd1, [Patch("cross_attn.4.context", op="function", fn=lambda rows: rows[:, :3])])
+
+
 def test_branches_and_steps(sd1):
     clean = run(sd1, guidance=1.0)
     zero_uncond = Patch("cross_attn.3.context", op="zero", branch="uncond")
@@ -138,6 +156,10 @@ def test_bad_patch_data():
         Patch("cross_attn.0.context", op="noise", std=0.0)
     with pytest.raises(ValueError, match="unknown CFG branch"):
         Patch("cross_attn.0.context", op="zero", branch="negative")
+    with pytest.raises(ValueError, match="needs fn"):
+        Patch("cross_attn.0.context", op="function")
+    with pytest.raises(ValueError, match="takes no fn"):
+        Patch("cross_attn.0.context", op="zero", fn=torch.neg)
 
 
 def test_every_listed_site_resolves(tiny_models):
