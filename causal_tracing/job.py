@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from causal_tracing.settings import TEXT_KINDS, UNET_KINDS, TraceSettings, Unit, check_kinds
 from localize.checks import check_seeds
-from localize.config import PromptJobConfig
+from localize.config import PromptJobConfig, settings_from
 from localize.jobs import Job
 from localize.stats import check_interval_settings
 
@@ -36,11 +36,7 @@ class TraceJob(PromptJobConfig):
 
 
 def settings_of(cfg: DictConfig) -> TraceSettings:
-    return TraceSettings(
-        steps=cfg.steps, guidance=cfg.guidance, noise_scale=cfg.noise.scale, noise_std=cfg.noise.std,
-        step_range=tuple(cfg.step_range) if cfg.step_range is not None else None, batch_size=cfg.batch_size,
-        memory_budget=cfg.memory_budget, min_drop=cfg.min_drop,
-    )
+    return settings_from(cfg, TraceSettings, {"noise_scale": "noise.scale", "noise_std": "noise.std"})
 
 
 def units_of(cfg: DictConfig) -> list[Unit]:

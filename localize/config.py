@@ -7,11 +7,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from localize.data import shipped
 from localize.gpus import visible_gpus
@@ -87,6 +87,29 @@ class PromptJobConfig(ScoredJobConfig):
     """A scored job over a prompt set (`trace`, `locogen`)."""
 
     prompts: PromptSet = field(default_factory=PromptSet)
+
+
+Settings = TypeVar("Settings")
+
+
+def settings_from(cfg: DictConfig, settings: type[Settings], paths: dict[str, str] | None = None,
+                  **values) -> Settings:
+    """A runtime settings dataclass built from a job's config, not copied field by field: each field is the
+    config value at `paths[field]` (a dotted key), else at the key of the field's own name, unless given in
+    `values` (a value derived from several keys). Lists become tuples. A field with none of these is an error,
+    so no config value can silently fall back to a settings default."""
+    paths = paths or {}
+    kwargs = {}
+    for item in fields(settings):
+        if item.name in values:
+            kwargs[item.name] = values[item.name]
+            continue
+        path = paths.get(item.name, item.name)
+        value = OmegaConf.select(cfg, path, default=MISSING)
+        if value is MISSING:
+            raise KeyError(f"{settings.__name__}.{item.name}: the config has no key {path!r}")
+        kwargs[item.name] = tuple(value) if isinstance(value, ListConfig) else value
+    return settings(**kwargs)
 
 
 def register_configs(jobs: dict) -> None:

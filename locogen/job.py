@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
-from localize.config import PromptJobConfig
+from localize.config import PromptJobConfig, settings_from
 from localize.jobs import Job
 from localize.stats import check_interval_settings
 from locogen.settings import NeuronSettings, SearchSettings, Unit, check_prompt_counts, make_units
@@ -49,17 +49,12 @@ def units_of(cfg: DictConfig) -> list[Unit]:
 
 
 def search_settings(cfg: DictConfig) -> SearchSettings:
-    return SearchSettings(m=cfg.m, steps=cfg.steps, guidance=cfg.guidance, batch_size=cfg.batch_size,
-                          memory_budget=cfg.memory_budget, objective=objective_of(cfg))
+    return settings_from(cfg, SearchSettings, objective=objective_of(cfg))
 
 
 def neuron_settings_of(cfg: DictConfig) -> NeuronSettings:
-    return NeuronSettings(
-        ks=tuple(cfg.neurons.ks) if cfg.neurons.ks is not None else None,
-        projections=tuple(cfg.neurons.projections), ablation=cfg.neurons.ablation,
-        random_draws=cfg.neurons.random_draws, steps=cfg.steps, guidance=cfg.guidance, batch_size=cfg.batch_size,
-        memory_budget=cfg.memory_budget,
-    )
+    return settings_from(cfg, NeuronSettings,
+                         {name: f"neurons.{name}" for name in ("ks", "projections", "ablation", "random_draws")})
 
 
 def check_locogen(cfg: DictConfig) -> None:

@@ -67,3 +67,26 @@ def test_edit_methods_bring_the_organisms_example_only_to_the_organism():
             assert organism.params and organism.evaluate, method
             assert dict(other.params) == ({"mode": "joint"} if method == "uce_joint" else {}), method
             assert list(other.evaluate) == [], method
+
+
+def test_runtime_settings_are_built_from_the_config_keys_not_copied_by_hand():
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from causal_tracing.job import settings_of
+    from causal_tracing.settings import TraceSettings
+    from localize.config import settings_from
+    from locogen.job import neuron_settings_of
+
+    with initialize_config_module(config_module="localize.conf", version_base="1.3"):
+        trace = compose(config_name="trace", overrides=["steps=7", "noise.scale=2.5", "min_drop=0.5",
+                                                        "step_range=[1,3]", "batch_size=9"])
+        locogen = compose(config_name="locogen", overrides=["neurons.ks=[1,3]", "neurons.ablation=zero"])
+    assert settings_of(trace) == TraceSettings(steps=7, guidance=trace.guidance, noise_scale=2.5, step_range=(1, 3),
+                                               batch_size=9, min_drop=0.5)
+    neurons = neuron_settings_of(locogen)
+    assert (neurons.ks, neurons.ablation, neurons.steps) == ((1, 3), "zero", locogen.steps)
+    with pytest.raises(KeyError, match="TraceSettings.min_drop: the config has no key 'min_drop'"):
+        settings_from(OmegaConf.masked_copy(trace, ["steps", "guidance", "noise", "step_range", "batch_size",
+                                                    "memory_budget"]), TraceSettings,
+                      {"noise_scale": "noise.scale", "noise_std": "noise.std"})
