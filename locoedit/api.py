@@ -2,42 +2,30 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import time as clock
 
 from localize.model import Model
-from locoedit import ablation, debias, joint, methods, text_encoder
 from locoedit.edits import Edit
 from locoedit.prompts import check_choice
+from locoedit.signatures import FUNCTIONS, UCE_MODES, check_params, function_of
 
-UCE_FUNCTIONS = {"debias": debias.debias, "joint": joint.uce_joint}
+
+def _function(method: str, mode: str = "erase"):
+    module, name = function_of(method, mode)
+    return getattr(importlib.import_module(f"locoedit.{module}"), name)
 
 
 def _uce(model: Model, mode: str = "erase", **params):
     """UCE: `erase` / `moderate` (`locoedit.methods.uce`), `debias` (`locoedit.debias.debias`) or `joint` (every
     term in one solve, `locoedit.joint.uce_joint`)."""
-    check_choice("UCE mode", mode, (*methods.UCE_MODES, *UCE_FUNCTIONS))
-    if mode in UCE_FUNCTIONS:
-        return UCE_FUNCTIONS[mode](model, **params)
-    return methods.uce(model, mode=mode, **params)
+    check_choice("UCE mode", mode, tuple(FUNCTIONS["uce"]))
+    return _function("uce", mode)(model, **({"mode": mode} if mode in UCE_MODES else {}), **params)
 
 
-METHODS = {
-    "time": methods.time,
-    "uce": _uce,
-    "locoedit": methods.locoedit,
-    "diffquickfix": text_encoder.diffquickfix,
-    "refact": text_encoder.refact,
-    "neurons": ablation.neurons,
-}
-
-
-def _signature(method: str, params: dict) -> inspect.Signature:
-    function = METHODS[method]
-    if method == "uce":
-        function = UCE_FUNCTIONS.get(params.get("mode"), methods.uce)
-    return inspect.signature(function)
+METHODS = {method: _uce if method == "uce" else _function(method) for method in FUNCTIONS}
 
 
 def _jsonable(value):
@@ -50,31 +38,11 @@ def _jsonable(value):
         return repr(value)
 
 
-def check_params(method: str, params: dict, given: tuple[str, ...] = ()) -> inspect.Signature:
-    """Before any model loads: `method` is known, every parameter name is one it takes, and none it needs is
-    missing (`given`: names the caller supplies later, e.g. an evaluation's per-case source and destination).
-    Returns the method's signature."""
-    if method not in METHODS:
-        raise ValueError(f"unknown edit method {method!r}; valid: {', '.join(METHODS)}")
-    if method == "uce" and "mode" in params:
-        check_choice("UCE mode", params["mode"], (*methods.UCE_MODES, *UCE_FUNCTIONS))
-    signature = _signature(method, params)
-    valid = [name for name in signature.parameters if name != "model"]
-    unknown = sorted(set(params) - set(valid) - ({"mode"} if method == "uce" else set()))
-    if unknown:
-        raise TypeError(f"{method} takes no parameter(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
-    missing = [name for name, p in signature.parameters.items() if name != "model" and p.default is p.empty
-               and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name not in params and name not in given]
-    if missing:
-        raise TypeError(f"{method} needs parameter(s) {', '.join(missing)}")
-    return signature
-
-
 def edit(model: Model, method: str, **params) -> Edit:
     """Compute a `method` edit (time, uce, locoedit, diffquickfix, refact, neurons) of `model` with `params`; the
     model's weights are not changed (`Edit.apply` does that). Unknown parameters are an error."""
-    signature = check_params(method, params)
-    valid = [name for name in signature.parameters if name != "model"]
+    valid = check_params(method, params).names
+    signature = inspect.signature(_function(method, params.get("mode", "erase") if method == "uce" else "erase"))
     bound = signature.bind_partial(model, **{k: v for k, v in params.items() if k in valid})
     bound.apply_defaults()
     recorded = {name: _jsonable(value) for name, value in bound.arguments.items() if name != "model"}
@@ -105,11 +73,11 @@ def _typed(name: str, method: str, function, mode: str | None = None):
     return typed
 
 
-time = _typed("time", "time", methods.time)
-uce = _typed("uce", "uce", methods.uce)
-uce_debias = _typed("uce_debias", "uce", debias.debias, mode="debias")
-uce_joint = _typed("uce_joint", "uce", joint.uce_joint, mode="joint")
-locoedit = _typed("locoedit", "locoedit", methods.locoedit)
-diffquickfix = _typed("diffquickfix", "diffquickfix", text_encoder.diffquickfix)
-refact = _typed("refact", "refact", text_encoder.refact)
-neurons = _typed("neurons", "neurons", ablation.neurons)
+time = _typed("time", "time", _function("time"))
+uce = _typed("uce", "uce", _function("uce"))
+uce_debias = _typed("uce_debias", "uce", _function("uce", "debias"), mode="debias")
+uce_joint = _typed("uce_joint", "uce", _function("uce", "joint"), mode="joint")
+locoedit = _typed("locoedit", "locoedit", _function("locoedit"))
+diffquickfix = _typed("diffquickfix", "diffquickfix", _function("diffquickfix"))
+refact = _typed("refact", "refact", _function("refact"))
+neurons = _typed("neurons", "neurons", _function("neurons"))

@@ -21,6 +21,7 @@ from localize.checks import (
 from localize.config import ModelConfig, ScoredJobConfig, ScorerConfig
 from localize.jobs import Job
 from localize.stats import check_interval_settings
+from locoedit.signatures import check_params
 
 EDIT_FORMATS = ("timed", "road")  # one edit per case
 INJECTED = {"debias": ("classify",), "joint": ("classify",)}  # UCE mode -> parameters the edit job supplies
@@ -66,10 +67,7 @@ class EvaluateJob(ScoredJobConfig):
 
 
 def check_edit_params(method: str, params: DictConfig, given: tuple[str, ...] = ()) -> None:
-    """The method's parameter names (`locoedit.api.check_params`; imported here, when an edit config is checked,
-    because the method table imports torch)."""
-    from locoedit.api import check_params
-
+    """The method's parameter names (`locoedit.signatures.check_params`, read without importing torch)."""
     params = OmegaConf.to_container(params, resolve=True)
     injected = INJECTED.get(params.get("mode"), ()) if method == "uce" else ()
     check_params(method, params, given=(*given, *injected))

@@ -16,8 +16,8 @@ from localize.model import Model
 from locoedit.cross_attention import Rows, pair_prompts, pair_rows, solve_projections
 from locoedit.edits import WeightUpdate
 from locoedit.prompts import TIME_TEMPLATES, as_list, augmented_pairs, check_choice, check_lam, preserved_prompts
+from locoedit.signatures import UCE_MODES
 
-UCE_MODES = ("erase", "moderate")
 PRESERVE_TOKENS = ("all", "final")  # pair_prompts alignments for preserved prompts
 MODERATIONS = ("authors", "partial")
 

@@ -90,3 +90,35 @@ def test_runtime_settings_are_built_from_the_config_keys_not_copied_by_hand():
         settings_from(OmegaConf.masked_copy(trace, ["steps", "guidance", "noise", "step_range", "batch_size",
                                                     "memory_budget"]), TraceSettings,
                       {"noise_scale": "noise.scale", "noise_std": "noise.std"})
+
+
+def test_checking_a_config_imports_no_torch():
+    """Every job's config check runs before torch, diffusers or a model is imported: a bad value fails in about
+    two seconds, not the ten that importing the model stack takes."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom localize.cli import main\n"
+            "for argv in (['edit', '+params.lamda=0.1'], ['evaluate', 'edit=uce', '+params.mode=x'], "
+            "['trace', 'steps=0'], ['locogen', 'm=0'], ['demo', 'common=[\"steps=0\"]']):\n"
+            "    try:\n        main(argv)\n    except SystemExit as exit:\n        print(exit.code)\n"
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'open_clip') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 6 and "lamda" in lines[0] and "UCE mode 'x'" in lines[1], result.stdout + result.stderr
+    assert lines[-1] == "[]"
+
+
+def test_the_edit_parameter_table_reads_each_method_functions_own_signature():
+    import inspect
+
+    from locoedit.api import _function
+    from locoedit.signatures import FUNCTIONS, parameters
+
+    for method, entry in FUNCTIONS.items():
+        for mode in entry if isinstance(entry, dict) else ["erase"]:
+            signature = inspect.signature(_function(method, mode)).parameters
+            found = parameters(*(entry[mode] if isinstance(entry, dict) else entry))
+            assert found.names == tuple(name for name in signature if name != "model"), (method, mode)
+            assert found.required == tuple(name for name, p in signature.items() if name != "model"
+                                           and p.default is p.empty and p.kind not in (p.VAR_KEYWORD,)), (method, mode)
