@@ -15,6 +15,9 @@ Grammar (indices 0-based; cross-attention and text layers in execution order, se
 - `SITE.input`                              the first input of any site above that is a module's output, e.g.
                                             `text_encoder.0.layers.0.self_attn.out_proj.input` (DiffQuickFix's keys)
 
+A neuron is one feature of a site: `SITE:N`, e.g. `cross_attn.4.to_v:17` (LOCOGEN's neuron scores, the `neurons`
+edit; a patch selects it with `Patch(SITE, neurons=[N])`).
+
 Per-row tensors: text-axis sites are [tokens, features]; UNet sites are [positions, channels] (transformer
 blocks) or [channels, height, width] (convolutions, IF attention).
 """

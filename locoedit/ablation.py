@@ -1,13 +1,15 @@
 """Neuron ablation as a weight edit: the LOCOGEN neurons' rows of to_k / to_v set to zero.
 
-A neuron is one output feature of a cross-attention layer's key or value projection (`layer` 0-based in
-execution order, `projection` in to_k, to_v, `index` the output feature). Zeroing its weight row makes its
+A neuron is one output feature of a cross-attention layer's key or value projection, addressed as the engine's
+site and the feature (`localize.sites`): `cross_attn.K.to_v:N` (layer K 0-based in execution order, projection
+to_k or to_v, output feature N), or the tuple (K, projection, N). Zeroing its weight row makes its
 output zero for every prompt (its bias, for projections that have one, IF's added K/V), which is LOCOGEN's zero
 ablation made permanent; the update is exact: rows are zeroed bit for bit.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,12 +38,19 @@ def top_neurons(scores: str | Path, k: int) -> list[tuple[int, str, int]]:
     return list(zip(ranked["layer"].astype(int), ranked["projection"], ranked["index"].astype(int), strict=True))
 
 
+NEURON_ADDRESS = re.compile(r"cross_attn\.(\d+)\.(to_k|to_v):(\d+)")
+
+
 def parse_neuron(neuron) -> tuple[int, str, int]:
-    """`"layer:projection:index"` (e.g. `"4:to_v:17"`) or a (layer, projection, index) sequence."""
-    parts = neuron.split(":") if isinstance(neuron, str) else list(neuron)
+    """`"cross_attn.K.PROJECTION:N"` (e.g. `"cross_attn.4.to_v:17"`) or a (K, projection, N) sequence."""
+    if isinstance(neuron, str):
+        match = NEURON_ADDRESS.fullmatch(neuron)
+        parts = list(match.groups()) if match else []
+    else:
+        parts = list(neuron)
     if len(parts) != 3 or parts[1] not in PROJECTIONS or not str(parts[0]).isdigit() or not str(parts[2]).isdigit():
-        raise ValueError(f"neuron {neuron!r} must be 'layer:projection:index' with projection in "
-                         f"{', '.join(PROJECTIONS)}, e.g. '4:to_v:17'")
+        raise ValueError(f"neuron {neuron!r} must be 'cross_attn.K.PROJECTION:N' with PROJECTION in "
+                         f"{', '.join(PROJECTIONS)}, e.g. 'cross_attn.4.to_v:17'")
     return int(parts[0]), parts[1], int(parts[2])
 
 
@@ -50,7 +59,7 @@ def neurons(model: Model, neurons: Sequence | None = None, scores: str | None = 
             ) -> dict[str, WeightUpdate]:
     """Zero the rows of the given `neurons`, or of the top `k` neurons of LOCOGEN's `scores` file."""
     if (neurons is None) == (scores is None):
-        raise ValueError("give either `neurons` ('layer:projection:index' list) or `scores` (LOCOGEN's "
+        raise ValueError("give either `neurons` (a list of 'cross_attn.K.PROJECTION:N') or `scores` (LOCOGEN's "
                          "neuron_scores.parquet) with `k`")
     chosen = top_neurons(scores, k) if scores is not None else [parse_neuron(n) for n in neurons]
     if not chosen:

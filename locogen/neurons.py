@@ -38,6 +38,11 @@ class Neuron:
     projection: str
     index: int
 
+    @property
+    def address(self) -> str:
+        """`cross_attn.K.PROJECTION:N`, the engine's site and the feature (`localize.sites`)."""
+        return f"cross_attn.{self.layer}.{self.projection}:{self.index}"
+
 
 def default_ks(candidates: int) -> tuple[int, ...]:
     """Powers of two below the candidate count, then the count itself (every neuron ablated)."""

@@ -67,7 +67,7 @@ def _neurons(cfg: DictConfig, model, scorer, chosen, settings: NeuronSettings, t
     curve = ablation_curve(model, scorer, prompts, [texts[p] for p in prompts], list(cfg.seeds), scores, settings,
                            progress=cfg.progress)
     summary = neuron_summary(curve, cfg.confidence, cfg.resamples)
-    ranked = pd.DataFrame([vars(n) for n in scores.neurons]).assign(t=scores.t)
+    ranked = pd.DataFrame([{"address": n.address, **vars(n)} for n in scores.neurons]).assign(t=scores.t)
     atomic_write(out_dir / "neuron_scores.parquet", lambda tmp: ranked.to_parquet(tmp, index=False))
     atomic_write(out_dir / "neurons.parquet", lambda tmp: curve.to_parquet(tmp, index=False))
     neuron_curve(summary, f"{title}\n{settings.ablation}-ablated neurons of layers {listed(layers)}",

@@ -103,6 +103,8 @@ def test_locogen_job_writes_the_chosen_window_curve_and_summary(tmp_path, organi
     scores = pd.read_parquet(out / "neuron_scores.parquet")
     width = sum(organism.cross_attention_layers[k].key.out_features for k in layers)
     assert set(scores["layer"]) == set(layers) and len(scores) == 2 * width  # to_k and to_v
+    first = scores.iloc[0]
+    assert first["address"] == f"cross_attn.{first['layer']}.{first['projection']}:{first['index']}"
 
 
 def test_locogen_job_rejects_a_window_larger_than_the_model(tmp_path):

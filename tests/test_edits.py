@@ -238,7 +238,7 @@ def test_refact_is_rank_one_and_moves_the_source_toward_the_destination(fresh):
 
 def test_neuron_ablation_zeroes_exactly_its_rows(fresh, tmp_path):
     model = fresh()
-    result = edit(model, "neurons", neurons=["2:to_v:3", "2:to_v:5", "0:to_k:1"])
+    result = edit(model, "neurons", neurons=["cross_attn.2.to_v:3", "cross_attn.2.to_v:5", (0, "to_k", 1)])
     layer = model.cross_attention_layers[2]
     before = layer.value.weight.detach().clone()
     result.apply(model)
@@ -305,7 +305,8 @@ def test_time_edits_other_families(tiny_models, family):
     ("time", {"source": SOURCE, "destination": DESTINATION, "layers": [99]}, "layers .*99.* invalid"),
     ("diffquickfix", {"source": "a rose", "destination": "a tulip", "subject": "daisy"}, "'daisy' occurs not"),
     ("locoedit", {"source": "a", "destination": "b"}, "either as `layers`"),
-    ("neurons", {"neurons": ["0:to_q:1"]}, "layer:projection:index"),
+    ("neurons", {"neurons": ["cross_attn.0.to_q:1"]}, "'cross_attn.K.PROJECTION:N'"),
+    ("neurons", {"neurons": ["0:to_v:1"]}, "e.g. 'cross_attn.4.to_v:17'"),
     ("uce", {"concepts": "Van Gogh", "mode": "forget"}, "unknown UCE mode"),
     ("time", {"source": SOURCE, "destinaton": DESTINATION}, "no parameter"),
     ("time", {"source": SOURCE, "destination": DESTINATION, "preserve": [SOURCE]}, "both edited and preserved"),
