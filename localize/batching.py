@@ -78,12 +78,13 @@ def score_packed(
 ) -> tuple[list[float], list[list[float]]]:
     """Generate every unit's rows, packed by `pack_rows`, and CLIP-score them: the score of each unit's source
     row, and of each of its patched rows. `batch_size`: rows per batch, or "auto" (`localize.memory`: measured
-    on the first two batches, within `memory_budget` GiB); after an out-of-memory error the rows not yet scored
+    on the first batch with one step, within `memory_budget` GiB); after an out-of-memory error the rows not yet scored
     are packed again at half the batch. A row's score depends only on its unit and patches, not on its batch."""
     source_scores = [0.0] * len(units)
     row_scores = [[0.0] * len(unit.row_patches) for unit in units]
 
-    def run(batch: list[Piece]) -> None:
+    def run(batch: list[Piece], keep: bool = True) -> int:
+        """Generate and score `batch`; `keep` False: one denoising step, nothing recorded (the memory probe)."""
         prompts, seeds, patches, slots = [], [], [], []
         for u, indices in batch:
             unit, source_row = units[u], len(prompts)
@@ -95,13 +96,14 @@ def score_packed(
                 prompts.append(unit.prompt)
                 seeds.append(unit.seed)
                 slots.append((u, i))
-        images = generate(model, prompts, seeds, steps=steps, guidance=guidance, patches=patches)
+        images = generate(model, prompts, seeds, steps=steps if keep else 1, guidance=guidance, patches=patches)
         scores = scorer.score(images, [units[u].text for u, _ in slots]).tolist()
-        for (u, i), score in zip(slots, scores, strict=True):
+        for (u, i), score in zip(slots, scores, strict=True) if keep else ():
             if i is None:
                 source_scores[u] = score
             else:
                 row_scores[u][i] = score
+        return len(prompts)
 
     remaining = [(u, range(len(unit.row_patches))) for u, unit in enumerate(units)]
     with tqdm(total=sum(len(unit.row_patches) for unit in units), desc=desc, unit="row", disable=not progress) as bar:
@@ -109,11 +111,12 @@ def score_packed(
         def step(size: int) -> int:  # the next batch of at most `size` rows
             nonlocal remaining
             batch, rest = next_batch(remaining, size)
-            run(batch)
+            rows = run(batch)
             remaining = rest
             bar.update(sum(len(piece) for _, piece in batch))  # patched rows
-            return sum(len(piece) + 1 for _, piece in batch)
+            return rows
 
         run_in_batches(step, lambda: sum(len(piece) + 1 for _, piece in remaining), batch_size, model.device,
-                       memory_budget, sizes=(2, 4), minimum=2)
+                       lambda size: run(next_batch(remaining, size)[0], keep=False), memory_budget, sizes=(2, 4),
+                       minimum=2)
     return source_scores, row_scores

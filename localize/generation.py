@@ -162,10 +162,10 @@ def decode(model: Model, latents: torch.Tensor) -> torch.Tensor:
 def generate_batches(model: Model, prompts: Sequence[str], seeds: Sequence[int], batch_size: int | str = AUTO,
                      steps: int = 25, guidance: float = 7.5, progress: bool = False, desc: str = "generating",
                      memory_budget: float | None = None) -> torch.Tensor:
-    """`generate` in batches of at most `batch_size` rows, or "auto" (`localize.memory`: measured on the first two
-    batches, within `memory_budget` GiB), halved after an out-of-memory error; with a progress bar over the rows. A
-    row depends only on its prompt and seed, so the images equal one big batch's up to floating-point batch
-    effects. N x C x H x W on the model's device."""
+    """`generate` in batches of at most `batch_size` rows, or "auto" (`localize.memory`: measured on the first
+    batch with one step, within `memory_budget` GiB), halved after an out-of-memory error; with a progress bar
+    over the rows. A row depends only on its prompt and seed, so the images equal one big batch's up to
+    floating-point batch effects. N x C x H x W on the model's device."""
     check_batch_size(batch_size)
     prompts, seeds = list(prompts), list(seeds)
     images: list[torch.Tensor] = []
@@ -177,6 +177,10 @@ def generate_batches(model: Model, prompts: Sequence[str], seeds: Sequence[int],
             bar.update(len(images[-1]))
             return len(images[-1])
 
+        def probe(size: int) -> int:  # the next batch with one step, dropped
+            start = sum(len(batch) for batch in images)
+            return len(generate(model, prompts[start:start + size], seeds[start:start + size], 1, guidance))
+
         run_in_batches(step, lambda: len(prompts) - sum(len(batch) for batch in images), batch_size, model.device,
-                       memory_budget)
+                       probe, memory_budget)
     return torch.cat(images)

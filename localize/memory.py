@@ -1,8 +1,9 @@
 """Rows per batch from the device's memory (`batch_size: auto`), and batches halved on out-of-memory.
 
 A row is one prompt x seed of a batched generation (with classifier-free guidance it runs as two UNet rows, one
-per half; the probe measures that). One row's cost is measured, not guessed: the job's first two batches run at
-two sizes (their results kept) and the difference of their peak memory is the cost of a row (`run_in_batches`).
+per half; the probe measures that). One row's cost is measured, not guessed: the job's first batch runs with one
+denoising step at two sizes (results dropped: a few rows of one step, about a quarter of a row's full run at 25
+steps) and the difference of their peak memory is the cost of a row (`run_in_batches`).
 
 - CUDA: the allocator's peak (`torch.cuda.max_memory_allocated`); the budget is the free device memory
   (`torch.cuda.mem_get_info`) less a safety margin.
@@ -30,7 +31,9 @@ from torch.utils._pytree import tree_flatten
 
 from localize.checks import AUTO
 
-AUTO_CAP = 256  # rows: batches beyond this gain no measurable throughput and hide progress
+AUTO_CAP = 256  # rows on CUDA: batches beyond this gain no measurable throughput and hide progress
+CPU_AUTO_CAP = 64  # rows on CPU: the organism's default trace took 69-72 s at 64 rows and 87 s at 256 (2 cores;
+# the 256-row batches spent 30 s in the kernel instead of 5-8 s, faulting in freshly mapped memory)
 CUDA_SHARE = 0.9  # of the free device memory
 RAM_SHARE = 0.5  # of the available RAM
 GIB = 2**30
@@ -95,7 +98,7 @@ def rows_that_fit(probe: Callable[[int], int], device: torch.device, sizes: tupl
                   memory_budget: float | None = None, minimum: int = 1) -> int:
     """Rows per batch for the work `probe(n)` (a batch of at most n rows; returns the rows it ran), measured at
     the two `sizes`: cost per row = the difference of their peaks over the difference of the rows they ran,
-    fixed cost = the rest. At most `AUTO_CAP`. Raises MemoryError, saying what one row needs, when fewer than
+    fixed cost = the rest. At most `AUTO_CAP` (`CPU_AUTO_CAP` off CUDA). Raises MemoryError, saying what one row needs, when fewer than
     `minimum` rows fit."""
     ran, peaks = [], []
     for n in sizes:
@@ -109,25 +112,27 @@ def rows_that_fit(probe: Callable[[int], int], device: torch.device, sizes: tupl
         raise MemoryError(f"batch_size=auto: one row needs {per_row / 2**20:.1f} MiB, a batch at least {minimum} "
                           f"rows and {fixed / 2**20:.1f} MiB besides, and the memory budget is {budget / 2**20:.1f} "
                           f"MiB on {device}: free memory, raise memory_budget, or use a smaller model or resolution")
-    rows = int(min(rows, AUTO_CAP))
+    rows = int(min(rows, AUTO_CAP if device.type == "cuda" else CPU_AUTO_CAP))
     log.info("batch_size=auto: %d rows per batch (a row %.1f MiB, a batch %.1f MiB besides, budget %.1f MiB on %s)",
              rows, per_row / 2**20, fixed / 2**20, budget / 2**20, device)
     return rows
 
 
 def run_in_batches(step: Callable[[int], int], rows_left: Callable[[], int], batch_size: int | str,
-                   device: torch.device, memory_budget: float | None = None, sizes: tuple[int, int] = (1, 2),
-                   minimum: int = 1) -> None:
+                   device: torch.device, probe: Callable[[int], int], memory_budget: float | None = None,
+                   sizes: tuple[int, int] = (1, 2), minimum: int = 1) -> None:
     """Run all the work, `step(n)` at a time: `step(n)` runs the next batch of at most n rows of what is left,
     keeps its results (only once the batch succeeded) and returns the rows it ran; `rows_left()` counts what is
     left.
 
-    `batch_size`: rows per batch, or "auto": the first two batches, at `sizes` rows, measure a row
-    (`rows_that_fit`) and the rest runs at what fits; work of at most `sum(sizes)` rows runs as one batch.
-    After an out-of-memory error the batch is halved and what is left runs again (`halving_on_oom`)."""
+    `batch_size`: rows per batch, or "auto": `probe(n)`, the next batch's work at n rows with ONE denoising step
+    and its results dropped (a step's activations are freed before the next, so one step reaches a whole run's
+    peak, decoding and scoring included), runs at the two `sizes` to measure a row (`rows_that_fit`), and the
+    work runs at what fits; work of at most `sum(sizes)` rows runs as one batch. After an out-of-memory error
+    the batch is halved and what is left runs again (`halving_on_oom`)."""
     if batch_size == AUTO:
         left = rows_left()
-        batch_size = max(left, minimum) if left <= sum(sizes) else rows_that_fit(step, device, sizes, memory_budget,
+        batch_size = max(left, minimum) if left <= sum(sizes) else rows_that_fit(probe, device, sizes, memory_budget,
                                                                                  minimum)
 
     def run_left(size: int) -> None:

@@ -35,7 +35,7 @@ from localize.figures import before_after_grid
 from localize.generation import generate_batches
 from localize.loading import model_from_config, scorer_from_config
 from localize.metrics import mean_intervals, zero_shot_success
-from localize.organism.oracle import read_images
+from localize.model import Model
 from localize.results import atomic_write, write_results
 from locoedit.api import edit
 from locoedit.job import EDIT_FORMATS
@@ -79,18 +79,28 @@ def list_probes(table: pd.DataFrame) -> list[Probe]:
                   label=row.get("class")) for _, row in table.iterrows()]
 
 
-def load_classifier(name: str | None) -> Classifier | None:
+def load_classifier(name: str | None) -> Callable[[Model], Classifier] | None:
+    """The classifier named by the config, for the model once it loads: `organism` (the shape the family's ground
+    truth reads) or `module:function` (imported now, so a bad name fails before the model loads)."""
     if name is None:
         return None
     if name == "organism":
-        return lambda images: read_images(images)["shape"].tolist()
+        return _ground_truth_shapes
     module_name, _, attribute = name.partition(":")
     if not attribute:
         raise ValueError(f"classifier {name!r}: give `organism` or `module:function`")
     try:
-        return getattr(importlib.import_module(module_name), attribute)
+        function = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
         raise ValueError(f"classifier {name!r} cannot be loaded: {error}") from None
+    return lambda model: function
+
+
+def _ground_truth_shapes(model: Model) -> Classifier:
+    if model.spec.ground_truth is None:
+        raise ValueError(f"classifier 'organism' reads images with the family's ground truth, and family "
+                         f"{model.family!r} has none: give `module:function`")
+    return lambda images: model.spec.ground_truth.read_images(images)["shape"].tolist()
 
 
 def measure(model, scorer, images: torch.Tensor, probes: list[Probe], classify: Classifier | None) -> pd.DataFrame:
@@ -138,7 +148,7 @@ def shown(probes: list[Probe]) -> list[int]:
 def run_evaluate(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     table = _selected(load_dataset(cfg.dataset.format, cfg.dataset.path), cfg.dataset.cases)
     params = OmegaConf.to_container(cfg.params, resolve=True)
-    classify = load_classifier(cfg.classifier)
+    classifier = load_classifier(cfg.classifier)
     per_case = cfg.dataset.format in EDIT_FORMATS
     if per_case:  # (probes, edit parameters) per case
         source = "prompt" if cfg.dataset.format == "road" else "old"
@@ -147,6 +157,7 @@ def run_evaluate(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     else:
         cases = [(list_probes(table), params)]
     model = model_from_config(cfg.model)
+    classify = classifier(model) if classifier is not None else None
     scorer = scorer_from_config(cfg.scorer, model.device)
 
     def images_of(probes: list[Probe], desc: str) -> torch.Tensor:

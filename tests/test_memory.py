@@ -67,9 +67,11 @@ class Spy:
 
     def __init__(self, generate, fail_above: int | None = None, fail_from: int = 0):
         self.generate, self.fail_above, self.fail_from, self.calls = generate, fail_above, fail_from, []
+        self.steps = []
 
     def __call__(self, model, prompts, seeds, *args, **kwargs):
         self.calls.append(len(prompts))
+        self.steps.append(kwargs.get("steps", args[0] if args else None))
         if self.fail_above is not None and len(self.calls) > self.fail_from and len(prompts) > self.fail_above:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return self.generate(model, prompts, seeds, *args, **kwargs)
@@ -85,8 +87,9 @@ def test_auto_splits_the_rows_within_a_simulated_budget_and_scores_as_one_batch(
     auto = TraceSettings(steps=2, batch_size="auto", memory_budget=5.5 * per_row / GIB)
     assert apple_scores(organism, scorer, auto) == pytest.approx(expected, abs=1e-8)
     probes, batches = spy.calls[:2], spy.calls[2:]
-    assert probes == [2, 4] and 2 <= max(batches) <= 5 and len(batches) >= 2
-    assert sum(batches) - len(batches) == 10 - 1 - 3  # 10 patched rows, 1 + 3 in the probes; a source row a batch
+    assert probes == [2, 4] and spy.steps[:2] == [1, 1] and set(spy.steps[2:]) == {2}  # probes: one step, dropped
+    assert 2 <= max(batches) <= 5 and len(batches) >= 2
+    assert sum(batches) - len(batches) == 10  # every patched row, and one source row a batch
 
 
 def test_out_of_memory_halves_the_batch_and_keeps_what_was_done(organism64, scorer64, monkeypatch):
