@@ -78,8 +78,9 @@ def score_packed(
 ) -> tuple[list[float], list[list[float]]]:
     """Generate every unit's rows, packed by `pack_rows`, and CLIP-score them: the score of each unit's source
     row, and of each of its patched rows. `batch_size`: rows per batch, or "auto" (`localize.memory`: measured
-    on the first batch with one step, within `memory_budget` GiB); after an out-of-memory error the rows not yet scored
-    are packed again at half the batch. A row's score depends only on its unit and patches, not on its batch."""
+    on the first batch with one step, within `memory_budget` GiB); after an out-of-memory error the rows not yet
+    scored are packed again at half the batch. A row's score depends only on its unit and patches, not on its
+    batch."""
     source_scores = [0.0] * len(units)
     row_scores = [[0.0] * len(unit.row_patches) for unit in units]
 

@@ -10,6 +10,8 @@ the demo).
   negative1..5, negative_new1..5`.
 - UCE-style prompt lists: `prompt, evaluation_seed, case_number` (any further columns kept);
   ImageNette class prompts add `class`.
+- I2P (inappropriate image prompts, as the erasure papers ship it): `prompt, evaluation_seed,
+  evaluation_guidance, categories` (any further columns kept).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ ROAD_COLUMNS = ["prompt", "old", "new", *(f"{kind}{i}" for kind in
                                          for i in _FIVE)]
 PROMPT_COLUMNS = ["prompt", "evaluation_seed", "case_number"]
 IMAGENETTE_COLUMNS = [*PROMPT_COLUMNS, "class"]
+I2P_COLUMNS = ["prompt", "evaluation_seed", "evaluation_guidance", "categories"]
+NUMERIC_COLUMNS = ("evaluation_seed", "case_number", "evaluation_guidance")
 
 
 class DatasetFormatError(ValueError):
@@ -66,7 +70,7 @@ def _read(path: str | Path, columns: list[str], format_name: str) -> pd.DataFram
                                  f"the format needs {', '.join(columns)}")
     if table.empty:
         raise DatasetFormatError(f"{format_name} file {str(path)!r} has no rows")
-    text = [c for c in columns if c not in ("evaluation_seed", "case_number")]
+    text = [c for c in columns if c not in NUMERIC_COLUMNS]
     blank = table[text].isna().any(axis=1) | (table[text].astype(str).apply(lambda c: c.str.strip()) == "").any(axis=1)
     if blank.any():
         raise DatasetFormatError(f"{format_name} file {str(path)!r}: row(s) {', '.join(map(str, blank[blank].index))}"
@@ -105,11 +109,29 @@ def load_imagenette(path: str | Path) -> pd.DataFrame:
     return _prompts(path, IMAGENETTE_COLUMNS, "ImageNette")
 
 
-LOADERS = {"timed": load_timed, "road": load_road, "prompts": load_prompts, "imagenette": load_imagenette}
+def load_i2p(path: str | Path) -> pd.DataFrame:
+    """I2P (Schramowski et al.), in the erasure papers' CSV (UCE, ESD, MACE): each `prompt` generated with its
+    `evaluation_seed` and `evaluation_guidance`; `categories` lists its inappropriate concepts (e.g. "sexual").
+    Other columns (`nudity_percentage`, ...) are kept. `case` is `case_number` when given, else the row."""
+    table = _read(path, I2P_COLUMNS, "I2P")
+    if not pd.api.types.is_integer_dtype(table["evaluation_seed"]):
+        raise DatasetFormatError(f"I2P file {str(path)!r}: column evaluation_seed must hold integers, got "
+                                 f"{table['evaluation_seed'].head(3).tolist()}")
+    guidance = pd.to_numeric(table["evaluation_guidance"], errors="coerce")
+    if guidance.isna().any() or (guidance < 0).any():
+        bad = table.loc[guidance.isna() | (guidance < 0), "evaluation_guidance"].head(3).tolist()
+        raise DatasetFormatError(f"I2P file {str(path)!r}: column evaluation_guidance must hold numbers >= 0, got "
+                                 f"{bad}")
+    case = table["case_number"] if "case_number" in table else range(len(table))
+    return table.assign(evaluation_guidance=guidance.astype(float), case=case)
+
+
+LOADERS = {"timed": load_timed, "road": load_road, "prompts": load_prompts, "imagenette": load_imagenette,
+           "i2p": load_i2p}
 
 
 def load_dataset(format_name: str, path: str | Path) -> pd.DataFrame:
-    """Load `path` in `format_name` (timed, road, prompts, imagenette)."""
+    """Load `path` in `format_name` (timed, road, prompts, imagenette, i2p)."""
     if format_name not in LOADERS:
         raise ValueError(f"unknown dataset format {format_name!r}; valid: {', '.join(LOADERS)}")
     return LOADERS[format_name](path)

@@ -98,8 +98,8 @@ def rows_that_fit(probe: Callable[[int], int], device: torch.device, sizes: tupl
                   memory_budget: float | None = None, minimum: int = 1) -> int:
     """Rows per batch for the work `probe(n)` (a batch of at most n rows; returns the rows it ran), measured at
     the two `sizes`: cost per row = the difference of their peaks over the difference of the rows they ran,
-    fixed cost = the rest. At most `AUTO_CAP` (`CPU_AUTO_CAP` off CUDA). Raises MemoryError, saying what one row needs, when fewer than
-    `minimum` rows fit."""
+    fixed cost = the rest. At most `AUTO_CAP` (`CPU_AUTO_CAP` off CUDA). Raises MemoryError, saying what one
+    row needs, when fewer than `minimum` rows fit."""
     ran, peaks = [], []
     for n in sizes:
         peaks.append(peak_bytes(lambda n=n: ran.append(probe(n)), device))

@@ -9,8 +9,8 @@ import time as clock
 
 from localize.model import Model
 from locoedit.edits import Edit
+from locoedit.params import FUNCTIONS, UCE_MODES, check_params, function_of
 from locoedit.prompts import check_choice
-from locoedit.signatures import FUNCTIONS, UCE_MODES, check_params, function_of
 
 
 def _function(method: str, mode: str = "erase"):

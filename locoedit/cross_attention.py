@@ -21,9 +21,9 @@ from localize.conditioning import projection_inputs, shares_raw_context, text_co
 from localize.model import CrossAttentionLayer, Model
 from localize.tokens import align_tokens, final_span, token_ids
 from locoedit.edits import WeightUpdate
+from locoedit.params import ALIGNMENTS
 from locoedit.solver import RidgeProblem
 
-ALIGNMENTS = ("time", "final", "all")
 Transform = Callable[[torch.Tensor], torch.Tensor]  # N x tokens x features -> the same, as a layer sees it
 
 

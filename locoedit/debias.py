@@ -28,10 +28,10 @@ from localize.scoring import ClipScorer
 from locoedit.cross_attention import PromptPair, Rows, pair_prompts, pair_rows, solve_projections
 from locoedit.edits import Edit, WeightUpdate
 from locoedit.methods import joined, preserved_rows, uce_kept
+from locoedit.params import SEARCHES
 from locoedit.prompts import as_list, augmented, check_choice, check_lam
 
 Classifier = Callable[[torch.Tensor], list[int]]  # images -> attribute index per image (-1: none of them)
-SEARCHES = ("bracket", "authors")
 
 
 def clip_classifier(scorer: ClipScorer, texts: Sequence[str]) -> Classifier:

@@ -7,9 +7,11 @@ specificity (negatives keep their own text, not the edited one), each per image 
 `prompts` and `imagenette` lists are one edit for the whole list (`edit` and all its `params`, e.g. UCE
 `concepts`), each prompt with its `evaluation_seed`, measured by CLIP score against the prompt and, for
 `imagenette` with a `classifier`, class accuracy; their results carry each prompt's `class` and every metric
-is per class (the erased class apart from the others). On the organism every image is also read by the oracle
-(`oracle`: it draws what the world draws for the text it should match). `edit: null` measures the model
-as it is (phase `before` only).
+is per class (the erased class apart from the others). `i2p` prompts are generated with their own
+`evaluation_guidance` and also measured for nudity (`localize.nudity`, NudeNet: `nudity` per image, and
+`nudity:CLASS` per exposed class; `nudity.classes` and `nudity.threshold`). On the organism every image is
+also read by the oracle (`oracle`: it draws what the world draws for the text it should match). `edit: null`
+measures the model as it is (phase `before` only).
 
 Writes into the job's output directory: `metrics.parquet` (mean and bootstrap CI per metric x measure x
 phase, and class for ImageNette), `images.png` (the first case's images before and after, the first seed of each
@@ -36,6 +38,7 @@ from localize.generation import generate_batches
 from localize.loading import model_from_config, scorer_from_config
 from localize.metrics import mean_intervals, zero_shot_success
 from localize.model import Model
+from localize.nudity import nudity
 from localize.results import atomic_write, write_results
 from locoedit.api import edit
 from locoedit.job import EDIT_FORMATS
@@ -56,6 +59,7 @@ class Probe:
     match: str
     mismatch: str | None = None
     label: str | None = None
+    guidance: float | None = None  # its own CFG scale (I2P's `evaluation_guidance`); None: the job's `guidance`
 
 
 def edit_probes(row: pd.Series, format_name: str, seeds: list[int]) -> list[Probe]:
@@ -74,9 +78,9 @@ def edit_probes(row: pd.Series, format_name: str, seeds: list[int]) -> list[Prob
 
 
 def list_probes(table: pd.DataFrame) -> list[Probe]:
-    """Prompt lists: one probe per row, with its own seed (and class, when the format has one)."""
+    """Prompt lists: one probe per row, with its own seed (and class, when the format has one; guidance, I2P)."""
     return [Probe(int(row["case"]), "prompt", row["prompt"], int(row["evaluation_seed"]), row["prompt"],
-                  label=row.get("class")) for _, row in table.iterrows()]
+                  label=row.get("class"), guidance=row.get("evaluation_guidance")) for _, row in table.iterrows()]
 
 
 def load_classifier(name: str | None) -> Callable[[Model], Classifier] | None:
@@ -103,9 +107,11 @@ def _ground_truth_shapes(model: Model) -> Classifier:
     return lambda images: model.spec.ground_truth.read_images(images)["shape"].tolist()
 
 
-def measure(model, scorer, images: torch.Tensor, probes: list[Probe], classify: Classifier | None) -> pd.DataFrame:
+def measure(model, scorer, images: torch.Tensor, probes: list[Probe], classify: Classifier | None,
+            nudity_settings: dict | None = None) -> pd.DataFrame:
     """One row per probe x measure: zero_shot (edit formats) or clip_score (prompt lists), class_accuracy (with
-    a classifier and labels), oracle (organism)."""
+    a classifier and labels), oracle (organism), and with `nudity_settings` (`localize.nudity.nudity`'s
+    `classes` and `threshold`; I2P) `nudity` and `nudity:CLASS` per class of the set."""
     base = pd.DataFrame([{"case": p.case, "metric": p.metric, "prompt": p.prompt, "seed": p.seed} for p in probes])
     if probes[0].label is not None:
         base["class"] = [p.label for p in probes]
@@ -120,8 +126,27 @@ def measure(model, scorer, images: torch.Tensor, probes: list[Probe], classify: 
         measures["class_accuracy"] = np.array([n == p.label for n, p in zip(names, probes, strict=True)], float)
     if model.spec.ground_truth is not None:
         measures["oracle"] = model.spec.ground_truth.success(images, [p.match for p in probes])
+    if nudity_settings is not None:
+        readings = nudity(images, **nudity_settings)
+        measures["nudity"] = readings["nude"].to_numpy()
+        measures.update({f"nudity:{name}": readings[name].to_numpy() for name in readings.columns[1:]})
     return pd.concat([base.assign(measure=name, value=values) for name, values in measures.items()],
                      ignore_index=True)
+
+
+def probe_images(model: Model, probes: list[Probe], cfg: DictConfig, desc: str) -> torch.Tensor:
+    """Each probe's image, in probe order: `generate_batches` with the job's settings, once per distinct
+    guidance (a probe's own, e.g. I2P's `evaluation_guidance`, else the job's `guidance`)."""
+    images: list[torch.Tensor | None] = [None] * len(probes)
+    scales = [cfg.guidance if p.guidance is None else float(p.guidance) for p in probes]
+    for scale in dict.fromkeys(scales):
+        picked = [i for i, s in enumerate(scales) if s == scale]
+        batch = generate_batches(model, [probes[i].prompt for i in picked], [probes[i].seed for i in picked],
+                                 cfg.batch_size, cfg.steps, scale, progress=cfg.progress, desc=desc,
+                                 memory_budget=cfg.memory_budget)
+        for i, image in zip(picked, batch, strict=True):
+            images[i] = image
+    return torch.stack(images)
 
 
 def _selected(table: pd.DataFrame, cases: list[int] | None) -> pd.DataFrame:
@@ -160,22 +185,18 @@ def run_evaluate(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     classify = classifier(model) if classifier is not None else None
     scorer = scorer_from_config(cfg.scorer, model.device)
 
-    def images_of(probes: list[Probe], desc: str) -> torch.Tensor:
-        return generate_batches(model, [p.prompt for p in probes], [p.seed for p in probes], cfg.batch_size,
-                                cfg.steps, cfg.guidance, progress=cfg.progress, desc=desc,
-                                memory_budget=cfg.memory_budget)
-
+    nudity_settings = dict(cfg.nudity) if cfg.dataset.format == "i2p" else None
     probes = [p for case_probes, _ in cases for p in case_probes]
-    before = images_of(probes, "before")
-    rows = [measure(model, scorer, before, probes, classify).assign(phase="before")]
+    before = probe_images(model, probes, cfg, "before")
+    rows = [measure(model, scorer, before, probes, classify, nudity_settings).assign(phase="before")]
     first_after, edits = None, []
     if cfg.edit is not None:
         for case_probes, case_params in tqdm(cases, desc="edits", disable=not cfg.progress or len(cases) == 1):
             result = edit(model, cfg.edit, **case_params)
             edits.append({"case": case_probes[0].case, **result.report(model)})
             with result.applied(model):
-                after = images_of(case_probes, "after")
-            rows.append(measure(model, scorer, after, case_probes, classify).assign(phase="after"))
+                after = probe_images(model, case_probes, cfg, "after")
+            rows.append(measure(model, scorer, after, case_probes, classify, nudity_settings).assign(phase="after"))
             first_after = after if first_after is None else first_after
     results = pd.concat(rows, ignore_index=True)
     by = ["metric", "class", "measure", "phase"] if "class" in results else ["metric", "measure", "phase"]

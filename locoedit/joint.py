@@ -20,8 +20,6 @@ from localize.model import Model
 from locoedit.debias import Classifier, debias
 from locoedit.edits import WeightUpdate
 from locoedit.methods import (
-    MODERATIONS,
-    check_strength,
     joined,
     preserved_rows,
     solve_projections,
@@ -29,6 +27,7 @@ from locoedit.methods import (
     uce_preserve_scale,
     uce_rows,
 )
+from locoedit.params import MODERATIONS, check_strength
 from locoedit.prompts import augmented, check_choice, check_lam
 
 

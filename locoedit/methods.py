@@ -15,11 +15,8 @@ import torch
 from localize.model import Model
 from locoedit.cross_attention import Rows, pair_prompts, pair_rows, solve_projections
 from locoedit.edits import WeightUpdate
+from locoedit.params import MODERATIONS, PRESERVE_TOKENS, UCE_MODES, check_strength
 from locoedit.prompts import TIME_TEMPLATES, as_list, augmented_pairs, check_choice, check_lam, preserved_prompts
-from locoedit.signatures import UCE_MODES
-
-PRESERVE_TOKENS = ("all", "final")  # pair_prompts alignments for preserved prompts
-MODERATIONS = ("authors", "partial")
 
 
 def time(model: Model, source: str | Sequence[str], destination: str | Sequence[str], lam: float = 0.1,
@@ -126,14 +123,6 @@ def joined(parts: Sequence[Rows]) -> Rows:
         return torch.cat([keys for keys, _ in both]), torch.cat([targets for _, targets in both])
 
     return rows
-
-
-def check_strength(mode: str, strength: float) -> None:
-    if mode == "erase" and strength != 1.0:
-        raise ValueError(f"erase maps concepts fully onto their guides (strength 1); got strength={strength!r}: "
-                         "use mode=moderate for a partial erase")
-    if mode == "moderate" and not 0 < strength < 1:
-        raise ValueError(f"moderate needs 0 < strength < 1, got {strength!r}")
 
 
 def uce(model: Model, concepts: str | Sequence[str], guides: str | Sequence[str] = "", mode: str = "erase",

@@ -21,6 +21,7 @@ from localize.families import TEXT_ENCODER_ARCHS
 from localize.model import Model, TextEncoderLayer
 from localize.tokens import subject_span, token_ids
 from locoedit.edits import Edit, WeightUpdate
+from locoedit.params import BIAS_COUNTS, COVARIANCE_TOKENS, REFACT_OBJECTIVES, SHIFT_SITES
 from locoedit.prompts import TIME_TEMPLATES, augmented_pairs, check_choice, check_lam, preserved_prompts
 from locoedit.solver import RidgeProblem
 
@@ -104,7 +105,6 @@ def pooled_features(model: Model, encoder: int, prompts: Sequence[str]) -> torch
     return output.pooler_output if embeds is None else embeds
 
 
-COVARIANCE_TOKENS = ("all", "attended")
 
 
 def covariance_positions(model: Model, encoder: int, prompt: str, tokens: str) -> list[int]:
@@ -123,7 +123,6 @@ def subject_positions(model: Model, encoder: int, sources: list[str], destinatio
             for s, d in zip(sources, destinations, strict=True)]
 
 
-BIAS_COUNTS = ("once", "twice")
 
 
 @torch.no_grad()
@@ -176,8 +175,6 @@ def default_corpus(model: Model) -> list[str]:
 
 
 REFACT_DEPTH = 7 / 11  # RoAD's best layer in the ReFACT paper: 7 of CLIP ViT-L's layers 0..11
-REFACT_OBJECTIVES = ("contrastive", "conditioning")
-SHIFT_SITES = ("subject", "update")
 LOGIT_SCALE = 100.0  # CLIP's trained logit scale (exp 4.6052), the contrastive objective's temperature
 
 

@@ -29,6 +29,12 @@ BAD = [  # (job and overrides, what the error names)
     (["edit", "method=uce", "~params.concepts"], "uce needs parameter(s) concepts"),
     (["edit", "method=uce", "+params.mode=erasee"], "UCE mode 'erasee'"),
     (["evaluate", "+params.lamda=0.1"], "time takes no parameter(s) lamda"),
+    (["edit", "+params.lam=-1"], "lambda must be a finite number > 0, got -1"),
+    (["edit", "params.source=''"], "an empty source prompt cannot be edited"),
+    (["edit", "+params.preserve=[an apple]"], "prompts ['an apple'] are both edited and preserved"),
+    (["edit", "method=uce", "+params.strength=0.5"], "erase maps concepts fully onto their guides"),
+    (["edit", "method=diffquickfix", "+params.bias=thrice"], "unknown bias 'thrice'; valid: once, twice"),
+    (["evaluate", "edit=locoedit", "+params.alignment=middle"], "unknown alignment 'middle'; valid: time, final"),
     (["evaluate", "edit=tiem"], "unknown edit method 'tiem'"),
     (["evaluate", "batch_size=0"], "batch_size must be 'auto' (from the device's free memory) or an integer >= 1"),
     (["trace", "batch_size=lots"], "integer >= 2 (a clean row and a restored row), got 'lots'"),
@@ -113,7 +119,7 @@ def test_the_edit_parameter_table_reads_each_method_functions_own_signature():
     import inspect
 
     from locoedit.api import _function
-    from locoedit.signatures import FUNCTIONS, parameters
+    from locoedit.params import FUNCTIONS, parameters
 
     for method, entry in FUNCTIONS.items():
         for mode in entry if isinstance(entry, dict) else ["erase"]:

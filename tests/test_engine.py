@@ -266,6 +266,10 @@ def test_captures_read_what_a_plain_hook_reads_and_see_the_blocks_patches(sd1):
     with pytest.raises(ValueError, match="unknown site 'cross_attn.2.context.input'"):
         resolve_site(sd1, "cross_attn.2.context.input")
     assert resolve_site(sd1, "text_encoder.0.layers.0.mlp.fc2.input").hook == "input"
+    with pytest.raises(ValueError, match="unknown site 'cross_atn.2'; valid sites"):
+        with capturing(sd1, [value, "cross_atn.2"]):
+            raise AssertionError("a capture of an unknown site must fail before the block")
+    assert hook_count(sd1) == hooks
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl", "if"])
