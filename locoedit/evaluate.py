@@ -9,7 +9,10 @@ specificity (negatives keep their own text, not the edited one), each per image 
 `imagenette` with a `classifier`, class accuracy; their results carry each prompt's `class` and every metric
 is per class (the erased class apart from the others). `i2p` prompts are generated with their own
 `evaluation_guidance` and also measured for nudity (`localize.nudity`, NudeNet: `nudity` per image, and
-`nudity:CLASS` per exposed class; `nudity.classes` and `nudity.threshold`). On the organism every image is
+`nudity:CLASS` per exposed class; `nudity.classes` and `nudity.threshold`). After an edit, each image is also
+compared with its before-image (same prompt and seed; `localize.quality`): `ssim`, `psnr`, and `lpips` when its
+weights are cached (`quality.lpips`: auto, on, off); `quality.fid` adds the FID between the before and after
+sets to `metrics.parquet` (measure `fid`, metric `all`, no CI). On the organism every image is
 also read by the oracle (`oracle`: it draws what the world draws for the text it should match). `edit: null`
 measures the model as it is (phase `before` only).
 
@@ -39,6 +42,7 @@ from localize.loading import model_from_config, scorer_from_config
 from localize.metrics import mean_intervals, zero_shot_success
 from localize.model import Model
 from localize.nudity import nudity
+from localize.quality import FrechetDistance, lpips_available, lpips_distance, pixel_similarity
 from localize.results import atomic_write, write_results
 from locoedit.api import edit
 from locoedit.job import EDIT_FORMATS
@@ -149,6 +153,19 @@ def probe_images(model: Model, probes: list[Probe], cfg: DictConfig, desc: str) 
     return torch.stack(images)
 
 
+def kept_quality(before: torch.Tensor, after: torch.Tensor, probes: list[Probe], with_lpips: bool) -> pd.DataFrame:
+    """One row per probe x measure comparing its after-image with its before-image (same prompt and seed):
+    `ssim`, `psnr` (`localize.quality`) and, `with_lpips`, `lpips`."""
+    base = pd.DataFrame([{"case": p.case, "metric": p.metric, "prompt": p.prompt, "seed": p.seed} for p in probes])
+    if probes[0].label is not None:
+        base["class"] = [p.label for p in probes]
+    measures = pixel_similarity(before, after)
+    if with_lpips:
+        measures["lpips"] = lpips_distance(before, after)
+    return pd.concat([base.assign(measure=name, value=values) for name, values in measures.items()],
+                     ignore_index=True)
+
+
 def _selected(table: pd.DataFrame, cases: list[int] | None) -> pd.DataFrame:
     if table.empty:
         raise ValueError("the dataset file has no rows")
@@ -189,18 +206,31 @@ def run_evaluate(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     probes = [p for case_probes, _ in cases for p in case_probes]
     before = probe_images(model, probes, cfg, "before")
     rows = [measure(model, scorer, before, probes, classify, nudity_settings).assign(phase="before")]
-    first_after, edits = None, []
+    first_after, edits, start = None, [], 0
+    with_lpips = cfg.quality.lpips == "on" or (cfg.quality.lpips == "auto" and lpips_available())
+    distance = None
+    if cfg.edit is not None and cfg.quality.fid:
+        distance = FrechetDistance(weights=cfg.quality.fid_weights)
+        distance.add(before, first=True)
     if cfg.edit is not None:
         for case_probes, case_params in tqdm(cases, desc="edits", disable=not cfg.progress or len(cases) == 1):
             result = edit(model, cfg.edit, **case_params)
             edits.append({"case": case_probes[0].case, **result.report(model)})
             with result.applied(model):
                 after = probe_images(model, case_probes, cfg, "after")
+            reference, start = before[start:start + len(case_probes)], start + len(case_probes)
             rows.append(measure(model, scorer, after, case_probes, classify, nudity_settings).assign(phase="after"))
+            rows.append(kept_quality(reference, after, case_probes, with_lpips).assign(phase="after"))
+            if distance is not None:
+                distance.add(after, first=False)
             first_after = after if first_after is None else first_after
     results = pd.concat(rows, ignore_index=True)
     by = ["metric", "class", "measure", "phase"] if "class" in results else ["metric", "measure", "phase"]
     metrics = mean_intervals(results, by, "value", cfg.confidence, cfg.resamples)
+    if distance is not None:  # one value for the two sets: no per-image CI
+        metrics = pd.concat([metrics, pd.DataFrame([{"metric": "all", "measure": "fid", "phase": "after",
+                                                     "mean": distance.compute(), "n": distance.counts[1]}])],
+                            ignore_index=True)
     atomic_write(out_dir / "metrics.parquet", lambda tmp: metrics.to_parquet(tmp, index=False))
     if first_after is not None:
         first_case = cases[0][0]
@@ -220,7 +250,7 @@ def run_evaluate(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
 
 def summary_text(cfg: DictConfig, metrics: pd.DataFrame, edits: list[dict]) -> str:
     """Each metric (x class) x measure with its mean and CI before (and after) the edit."""
-    cell = metrics.assign(text=[f"{m:.3g} [{lo:.3g}, {hi:.3g}]" for m, lo, hi in
+    cell = metrics.assign(text=[f"{m:.3g}" + ("" if np.isnan(lo) else f" [{lo:.3g}, {hi:.3g}]") for m, lo, hi in
                                 zip(metrics["mean"], metrics["ci_low"], metrics["ci_high"], strict=True)])
     index = [key for key in ("metric", "class", "measure") if key in metrics]
     wide = cell.pivot_table(index=index, columns="phase", values="text", aggfunc="first", sort=False)

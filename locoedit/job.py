@@ -21,10 +21,12 @@ from localize.checks import (
 from localize.config import ModelConfig, ScoredJobConfig, ScorerConfig
 from localize.jobs import Job
 from localize.nudity import check_nudity_settings
+from localize.quality import FID_URL, FID_WEIGHTS, LPIPS_URL, LPIPS_WEIGHTS, cached_weights
 from localize.stats import check_interval_settings
 from locoedit.params import check_params
 
 EDIT_FORMATS = ("timed", "road")  # one edit per case
+LPIPS_MODES = ("auto", "on", "off")
 INJECTED = {"debias": ("classify",), "joint": ("classify",)}  # UCE mode -> parameters the edit job supplies
 
 
@@ -65,6 +67,16 @@ class NudityConfig:
 
 
 @dataclass
+class QualityConfig:
+    """What an edit kept (`localize.quality`): `lpips` auto (when its weights are cached), on (required) or off;
+    `fid` between the before and after sets, its Inception weights from the torch hub cache or `fid_weights`."""
+
+    lpips: str = "auto"
+    fid: bool = False
+    fid_weights: str | None = None
+
+
+@dataclass
 class EvaluateJob(ScoredJobConfig):
     """`edit`: the edit method evaluated (time, uce, locoedit, diffquickfix, refact, neurons; null: none) with
     `params`; `classifier` (imagenette): `organism` (the oracle's shape) or `module:function` mapping images
@@ -75,6 +87,7 @@ class EvaluateJob(ScoredJobConfig):
     params: dict[str, Any] = field(default_factory=dict)
     classifier: str | None = None
     nudity: NudityConfig = field(default_factory=NudityConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
 
 
 def check_edit_params(method: str, params: DictConfig, given: tuple[str, ...] = ()) -> None:
@@ -82,6 +95,16 @@ def check_edit_params(method: str, params: DictConfig, given: tuple[str, ...] = 
     params = OmegaConf.to_container(params, resolve=True)
     injected = INJECTED.get(params.get("mode"), ()) if method == "uce" else ()
     check_params(method, params, given=(*given, *injected))
+
+
+def check_quality(quality: DictConfig) -> None:
+    """The quality options, and the weights they need present (nothing is downloaded)."""
+    if quality.lpips not in LPIPS_MODES:
+        raise ValueError(f"unknown quality.lpips {quality.lpips!r}; valid: {', '.join(LPIPS_MODES)}")
+    if quality.lpips == "on":
+        cached_weights(LPIPS_WEIGHTS, LPIPS_URL, "LPIPS")
+    if quality.fid:
+        cached_weights(FID_WEIGHTS, FID_URL, "FID", quality.fid_weights)
 
 
 def check_edit(cfg: DictConfig) -> None:
@@ -99,6 +122,7 @@ def check_evaluate(cfg: DictConfig) -> None:
     check_memory_budget(cfg.memory_budget)
     check_interval_settings(cfg.confidence, cfg.resamples)
     check_nudity_settings(cfg.nudity.classes, cfg.nudity.threshold)
+    check_quality(cfg.quality)
     if cfg.edit is not None:
         given = ("source", "destination") if cfg.dataset.format in EDIT_FORMATS else ()
         check_edit_params(cfg.edit, cfg.params, given)
