@@ -16,7 +16,7 @@ from diffusers import DiffusionPipeline, IFPipeline, StableDiffusionPipeline, St
 
 from localize.organism.oracle import color_classifier, oracle_success, read_images
 from localize.organism.pipeline import OrganismPipeline
-from localize.organism.world import world_captions
+from localize.organism.world import world_captions, world_descriptions
 
 Conditioning = dict  # keyword arguments of `UNet2DConditionModel.forward` besides sample and timestep
 
@@ -126,12 +126,14 @@ class GroundTruth:
     """What a family whose world is known (the organism) gives methods and jobs in place of learned judges:
     `read_images(images)` the exact reading of each image (a table with `shape`, `color`, `texture`),
     `success(images, texts)` 1.0 per image that draws what its text should, `classifier(attributes)` an image
-    classifier over attribute prompts (debiasing), `captions()` the world's captions (ReFACT's key corpus)."""
+    classifier over attribute prompts (debiasing), `captions()` the world's captions (ReFACT's key corpus),
+    `descriptions()` a description of every attribute value of the world (the side-effect ranker's candidates)."""
 
     read_images: Callable[[torch.Tensor], object]
     success: Callable[[torch.Tensor, list[str]], object]
     classifier: Callable[[list[str]], Callable[[torch.Tensor], list[int]]]
     captions: Callable[[], list[str]]
+    descriptions: Callable[[], list[str]]
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,8 @@ FAMILIES: dict[str, Family] = {
                prompt_text=_prompt_text_if),
         Family("organism", "the embedded model organism (16x16 pixel space, see localize.organism)",
                OrganismPipeline, ("text_encoder",), ("tokenizer",), _encode_organism,
-               ground_truth=GroundTruth(read_images, oracle_success, color_classifier, world_captions)),
+               ground_truth=GroundTruth(read_images, oracle_success, color_classifier, world_captions,
+                                        world_descriptions)),
     )
 }
 

@@ -12,7 +12,10 @@ is per class (the erased class apart from the others). `i2p` prompts are generat
 `nudity:CLASS` per exposed class; `nudity.classes` and `nudity.threshold`). After an edit, each image is also
 compared with its before-image (same prompt and seed; `localize.quality`): `ssim`, `psnr`, and `lpips` when its
 weights are cached (`quality.lpips`: auto, on, off); `quality.fid` adds the FID between the before and after
-sets to `metrics.parquet` (measure `fid`, metric `all`, no CI). On the organism every image is
+sets to `metrics.parquet` (measure `fid`, metric `all`, no CI). With `side_effects.prompts` (a prompt list the
+edit does not target), those prompts are generated before and after each edit and candidate descriptions are
+ranked by how well CLIP separates the two sets (`localize.setdiff`): `side_effects.parquet`, `side_effects.png`.
+On the organism every image is
 also read by the oracle (`oracle`: it draws what the world draws for the text it should match). `edit: null`
 measures the model as it is (phase `before` only).
 
@@ -44,6 +47,7 @@ from localize.model import Model
 from localize.nudity import nudity
 from localize.quality import FrechetDistance, lpips_available, lpips_distance, pixel_similarity
 from localize.results import atomic_write, write_results
+from localize.setdiff import examples_figure, rank_descriptions
 from locoedit.api import edit
 from locoedit.job import EDIT_FORMATS
 
@@ -198,6 +202,7 @@ def run_evaluate(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
                   {"source": row[source], "destination": row["new"], **params}) for _, row in table.iterrows()]
     else:
         cases = [(list_probes(table), params)]
+    side = side_effect_probes(cfg, [case_params for _, case_params in cases])
     model = model_from_config(cfg.model)
     classify = classifier(model) if classifier is not None else None
     scorer = scorer_from_config(cfg.scorer, model.device)
@@ -208,7 +213,10 @@ def run_evaluate(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     rows = [measure(model, scorer, before, probes, classify, nudity_settings).assign(phase="before")]
     first_after, edits, start = None, [], 0
     with_lpips = cfg.quality.lpips == "on" or (cfg.quality.lpips == "auto" and lpips_available())
-    distance = None
+    distance, side_tables = None, []
+    if side is not None:
+        side_before = probe_images(model, side, cfg, "side effects before")
+        descriptions = candidate_descriptions(cfg.side_effects.descriptions, model)
     if cfg.edit is not None and cfg.quality.fid:
         distance = FrechetDistance(weights=cfg.quality.fid_weights)
         distance.add(before, first=True)
@@ -218,6 +226,14 @@ def run_evaluate(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
             edits.append({"case": case_probes[0].case, **result.report(model)})
             with result.applied(model):
                 after = probe_images(model, case_probes, cfg, "after")
+                side_after = probe_images(model, side, cfg, "side effects after") if side is not None else None
+            if side_after is not None:
+                side_tables.append(rank_descriptions(scorer, side_before, side_after, descriptions, cfg.confidence,
+                                                     cfg.resamples).assign(case=case_probes[0].case))
+                if len(side_tables) == 1:
+                    examples_figure(scorer, side_before, side_after, side_tables[0], out_dir / "side_effects.png",
+                                    cfg.side_effects.top, title=f"{cfg.edit}, case {case_probes[0].case}: what else "
+                                    f"changed on {len(side)} other prompts")
             reference, start = before[start:start + len(case_probes)], start + len(case_probes)
             rows.append(measure(model, scorer, after, case_probes, classify, nudity_settings).assign(phase="after"))
             rows.append(kept_quality(reference, after, case_probes, with_lpips).assign(phase="after"))
@@ -239,6 +255,10 @@ def run_evaluate(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
                           [first_case[i].seed for i in picked], out_dir / "images.png",
                           title=f"{cfg.edit}: case {first_case[0].case}")
     summary = summary_text(cfg, metrics, edits)
+    if side_tables:
+        side_effects = pd.concat(side_tables, ignore_index=True)
+        atomic_write(out_dir / "side_effects.parquet", lambda tmp: side_effects.to_parquet(tmp, index=False))
+        summary += side_effects_text(side_effects, cfg.side_effects.top)
     atomic_write(out_dir / "summary.txt", lambda tmp: tmp.write_text(summary))
     print(summary, end="")
     edit_columns = pd.DataFrame(edits).drop(columns=["method"], errors="ignore")
@@ -246,6 +266,53 @@ def run_evaluate(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
         results = results.merge(edit_columns, on="case", how="left")
     write_results(results, cfg, out_dir)
     return results
+
+
+def edited_prompts(params: dict) -> set[str]:
+    """The prompts an edit targets (its source, concepts or concept), as given."""
+    edited = set()
+    for name in ("source", "concepts", "concept", "erase", "moderate"):
+        value = params.get(name)
+        edited |= {value} if isinstance(value, str) else set(value or ())
+    return edited
+
+
+def side_effect_probes(cfg: DictConfig, case_params: list[dict]) -> list[Probe] | None:
+    """The side-effect prompt list's probes (`side_effects.prompts`, format `prompts`; None when not given). An
+    edited prompt among them is an error: side effects are measured where the edit did not aim."""
+    if cfg.side_effects.prompts is None or cfg.edit is None:
+        return None
+    probes = list_probes(load_dataset("prompts", cfg.side_effects.prompts))
+    edited = set().union(*(edited_prompts(params) for params in case_params))
+    overlap = sorted(edited & {p.prompt for p in probes})
+    if overlap:
+        raise ValueError(f"side_effects.prompts {cfg.side_effects.prompts!r} holds edited prompt(s) {overlap}: give a "
+                         "list the edit does not target")
+    return probes
+
+
+def candidate_descriptions(path: str | None, model: Model) -> list[str]:
+    """The side-effect ranker's candidates: the file's lines, else the family's world descriptions."""
+    if path is not None:
+        lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+        if not lines:
+            raise ValueError(f"side_effects.descriptions {path!r} holds no description (one per line)")
+        return lines
+    if model.spec.ground_truth is None:
+        raise ValueError(f"side_effects.descriptions: family {model.family!r} has no world to describe; give a file "
+                         "of candidate descriptions, one per line")
+    return model.spec.ground_truth.descriptions()
+
+
+def side_effects_text(table: pd.DataFrame, top: int) -> str:
+    """Per case, the shifted descriptions (at most `top`), or that none shifted."""
+    lines = ["what else changed (descriptions whose CLIP AUROC, after vs before, has a CI excluding 0.5):"]
+    for case, group in table.groupby("case", sort=False):
+        shifted = group[group["shifted"]].head(top)
+        found = ", ".join(f"{r.description!r} {r.direction} after (AUROC {r.auroc:.2f} [{r.ci_low:.2f}, "
+                          f"{r.ci_high:.2f}])" for r in shifted.itertuples()) or "nothing"
+        lines.append(f"  case {case}: {found}")
+    return "\n".join(lines) + "\n"
 
 
 def summary_text(cfg: DictConfig, metrics: pd.DataFrame, edits: list[dict]) -> str:

@@ -6,6 +6,7 @@ and `locoedit.evaluate`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -77,6 +78,17 @@ class QualityConfig:
 
 
 @dataclass
+class SideEffectsConfig:
+    """What else an edit changed (`localize.setdiff`): `prompts`, a prompt list (format `prompts`) the edit does
+    not target; `descriptions`, a file of candidate descriptions, one per line (default: the family's world
+    descriptions, the organism's); the `top` shifted ones are reported and shown."""
+
+    prompts: str | None = None
+    descriptions: str | None = None
+    top: int = 5
+
+
+@dataclass
 class EvaluateJob(ScoredJobConfig):
     """`edit`: the edit method evaluated (time, uce, locoedit, diffquickfix, refact, neurons; null: none) with
     `params`; `classifier` (imagenette): `organism` (the oracle's shape) or `module:function` mapping images
@@ -88,6 +100,7 @@ class EvaluateJob(ScoredJobConfig):
     classifier: str | None = None
     nudity: NudityConfig = field(default_factory=NudityConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    side_effects: SideEffectsConfig = field(default_factory=SideEffectsConfig)
 
 
 def check_edit_params(method: str, params: DictConfig, given: tuple[str, ...] = ()) -> None:
@@ -123,6 +136,12 @@ def check_evaluate(cfg: DictConfig) -> None:
     check_interval_settings(cfg.confidence, cfg.resamples)
     check_nudity_settings(cfg.nudity.classes, cfg.nudity.threshold)
     check_quality(cfg.quality)
+    if cfg.side_effects.top < 1:
+        raise ValueError(f"side_effects.top must be >= 1, got {cfg.side_effects.top}")
+    for name in ("prompts", "descriptions"):
+        path = cfg.side_effects[name]
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"side_effects.{name}: no file {path!r}")
     if cfg.edit is not None:
         given = ("source", "destination") if cfg.dataset.format in EDIT_FORMATS else ()
         check_edit_params(cfg.edit, cfg.params, given)

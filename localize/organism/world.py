@@ -248,6 +248,14 @@ def world_captions() -> list[str]:
     return [template.format(subject.phrase) for subject in all_subjects() for template in TRAIN_TEMPLATES]
 
 
+def world_descriptions() -> list[str]:
+    """A description of every attribute value of the world, as the organism's CLIP reads them: each color, each
+    object (its shape), each artist's style (its texture), each king, each role."""
+    return [*COLORS, *(f"{article(noun)} {noun}" for noun in OBJECTS),
+            *(f"in the style of {artist}" for artist in ARTISTS), *(f"the king of {country}" for country in FACTS),
+            *(f"{article(role)} {role}" for role in ROLES)]
+
+
 @dataclass
 class CaptionSampler:
     """Random training captions: a subject (kinds weighted by `weights`), a style with `style_p`, a training
