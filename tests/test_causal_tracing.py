@@ -237,7 +237,8 @@ def test_sdxl_never_generates_last_layer_states_its_unet_does_not_read(tiny_mode
     unit = Unit("a photo of an apple", "apple", "an apple", 0)
     settings = TraceSettings(steps=2, min_drop=0.0)
     table = trace(model, scorer, [unit], settings, unet_kinds=(), text_kinds=("self_attn", "mlp"))
-    last = [len(encoder.text_model.encoder.layers) - 1 for encoder in model.text_encoders]
+    last = [max(layer.index for layer in model.text_encoder_layers if layer.encoder == e)
+            for e in range(len(model.text_encoders))]
     text = table[table["group"] == "text_encoder"]
     is_last = text["layer"] == text["location"].map(lambda location: last[int(location[-1])])
     pooled = (text["location"] == "text_encoder.1") & (text["token_role"] == "end")
