@@ -28,7 +28,11 @@ KINDS: dict[str, tuple[str, list[tuple[str, str, list[str] | None, int | None]]]
     "locogen": ("windows.parquet", [("windows.parquet", "windows (LOCOGEN)",
                                     ["window", "layers", "score", "effect", "effect_ci_low", "effect_ci_high",
                                      "chosen"], None)]),
-    "evaluate": ("metrics.parquet", [("metrics.parquet", "metrics (mean and CI per image)", None, None)]),
+    "evaluate": ("metrics.parquet", [("metrics.parquet", "metrics (mean and CI per image)", None, None),
+                                     ("side_effects.parquet", "what else changed (descriptions ranked by how far "
+                                      "CLIP separates after from before; AUROC 0.5 = no change)",
+                                      ["case", "rank", "description", "auroc", "ci_low", "ci_high", "direction",
+                                       "shifted"], 10)]),
     "edit": ("edit.safetensors", []),
 }
 RESULTS = "results.parquet"
@@ -76,8 +80,8 @@ def _table(path: Path, title: str, columns: list[str] | None, top: int | None) -
     table = pd.read_parquet(path)
     if columns is not None:
         table = table[[c for c in columns if c in table.columns]]
-    if top is not None and "effect" in table.columns:
-        table = table.sort_values("effect", ascending=False).head(top)
+    if top is not None:
+        table = (table.sort_values("effect", ascending=False) if "effect" in table.columns else table).head(top)
     table = table.map(lambda v: listed(v) if isinstance(v, (list, tuple, np.ndarray)) else v)  # list columns
     body = table.to_html(index=False, float_format=lambda v: f"{v:.3g}", border=0, classes="metrics")
     return f"<h4>{html.escape(title)}</h4>{body}"

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import FAMILIES
 
 from localize import generate
-from tests.conftest import FAMILIES
 
 PROMPTS = ["a photo of a red rose", "a painting of a cat"]
 

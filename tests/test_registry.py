@@ -3,11 +3,11 @@
 import open_clip
 import pytest
 import torch
+from conftest import FAMILIES
 
 from localize import Model, load_model, random_model
 from localize.families import detect_family
 from localize.vocab import clip_tokenizer, t5_tokenizer
-from tests.conftest import FAMILIES
 
 
 @pytest.fixture(scope="module")
