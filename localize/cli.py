@@ -79,7 +79,7 @@ def check_before_running(name: str, job, overrides: list[str]) -> None:
             with open_dict(cfg):
                 del cfg["hydra"]
             job.check(cfg)
-        except (HydraException, OmegaConfBaseException, ValueError, TypeError) as error:
+        except (HydraException, OmegaConfBaseException, ValueError, TypeError, FileNotFoundError) as error:
             cause = f"\n{error.__cause__}" if isinstance(error, HydraException) and error.__cause__ else ""
             sys.exit(f"localize {name}: {error}{cause}")
     why = _unwritable(run_dir)

@@ -159,6 +159,25 @@ def decode(model: Model, latents: torch.Tensor) -> torch.Tensor:
     return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
+@torch.no_grad()
+def encode_images(model: Model, images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] to what the denoiser works on, the inverse of `decode`: pixel-space samples in [-1, 1],
+    or the VAE's latent mean times its scaling factor."""
+    vae = model.vae
+    if vae is None:
+        return images.to(model.device, model.dtype) * 2 - 1
+    upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)  # as `decode` does
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        samples = images.to(model.device, vae.dtype) * 2 - 1
+        latents = vae.encode(samples, return_dict=False)[0].mean
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+    return (latents * vae.config.scaling_factor).to(model.dtype)
+
+
 def generate_batches(model: Model, prompts: Sequence[str], seeds: Sequence[int], batch_size: int | str = AUTO,
                      steps: int = 25, guidance: float = 7.5, progress: bool = False, desc: str = "generating",
                      memory_budget: float | None = None) -> torch.Tensor:

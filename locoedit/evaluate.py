@@ -49,7 +49,7 @@ from localize.quality import FrechetDistance, lpips_available, lpips_distance, p
 from localize.results import atomic_write, write_results
 from localize.setdiff import examples_figure, rank_descriptions
 from locoedit.api import edit
-from locoedit.job import EDIT_FORMATS
+from locoedit.job import EDIT_FORMATS, check_classifier_name, selected_cases
 
 SHOWN = 12  # the most images per row of images.png
 Classifier = Callable[[torch.Tensor], list[str]]
@@ -98,9 +98,8 @@ def load_classifier(name: str | None) -> Callable[[Model], Classifier] | None:
         return None
     if name == "organism":
         return _ground_truth_shapes
+    check_classifier_name(name)
     module_name, _, attribute = name.partition(":")
-    if not attribute:
-        raise ValueError(f"classifier {name!r}: give `organism` or `module:function`")
     try:
         function = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
@@ -170,19 +169,6 @@ def kept_quality(before: torch.Tensor, after: torch.Tensor, probes: list[Probe],
                      ignore_index=True)
 
 
-def _selected(table: pd.DataFrame, cases: list[int] | None) -> pd.DataFrame:
-    if table.empty:
-        raise ValueError("the dataset file has no rows")
-    if cases is None:
-        return table
-    if not cases:
-        raise ValueError(f"dataset.cases is empty: give some of its cases {sorted(table['case'])}, or null for all")
-    unknown = sorted(set(cases) - set(table["case"]))
-    if unknown:
-        raise ValueError(f"dataset has no case(s) {unknown}; its cases: {sorted(table['case'])}")
-    return table[table["case"].isin(cases)]
-
-
 def shown(probes: list[Probe]) -> list[int]:
     """Indices of the probes images.png shows: the first seed of each distinct prompt, at most `SHOWN`."""
     first: dict[tuple[str, str], int] = {}
@@ -192,7 +178,7 @@ def shown(probes: list[Probe]) -> list[int]:
 
 
 def run_evaluate(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
-    table = _selected(load_dataset(cfg.dataset.format, cfg.dataset.path), cfg.dataset.cases)
+    table = selected_cases(load_dataset(cfg.dataset.format, cfg.dataset.path), cfg.dataset.cases)
     params = OmegaConf.to_container(cfg.params, resolve=True)
     classifier = load_classifier(cfg.classifier)
     per_case = cfg.dataset.format in EDIT_FORMATS

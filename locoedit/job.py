@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from localize.checks import (
@@ -20,6 +21,7 @@ from localize.checks import (
     check_steps,
 )
 from localize.config import ModelConfig, ScoredJobConfig, ScorerConfig
+from localize.data import load_dataset
 from localize.jobs import Job
 from localize.nudity import check_nudity_settings
 from localize.quality import FID_URL, FID_WEIGHTS, LPIPS_URL, LPIPS_WEIGHTS, cached_weights
@@ -126,6 +128,25 @@ def check_edit(cfg: DictConfig) -> None:
     check_edit_params(cfg.method, cfg.params)
 
 
+def selected_cases(table: pd.DataFrame, cases: list[int] | None) -> pd.DataFrame:
+    """The dataset's rows of `cases` (the `case` column; None: every row)."""
+    if table.empty:
+        raise ValueError("the dataset file has no rows")
+    if cases is None:
+        return table
+    if not cases:
+        raise ValueError(f"dataset.cases is empty: give some of its cases {sorted(table['case'])}, or null for all")
+    unknown = sorted(set(cases) - set(table["case"]))
+    if unknown:
+        raise ValueError(f"dataset has no case(s) {unknown}; its cases: {sorted(table['case'])}")
+    return table[table["case"].isin(cases)]
+
+
+def check_classifier_name(name: str | None) -> None:
+    if name is not None and name != "organism" and not name.partition(":")[2]:
+        raise ValueError(f"classifier {name!r}: give `organism` or `module:function`")
+
+
 def check_evaluate(cfg: DictConfig) -> None:
     if cfg.dataset.format in EDIT_FORMATS:  # prompt lists carry each prompt's own evaluation seed
         check_seeds(cfg.seeds)
@@ -135,6 +156,8 @@ def check_evaluate(cfg: DictConfig) -> None:
     check_memory_budget(cfg.memory_budget)
     check_interval_settings(cfg.confidence, cfg.resamples)
     check_nudity_settings(cfg.nudity.classes, cfg.nudity.threshold)
+    check_classifier_name(cfg.classifier)
+    selected_cases(load_dataset(cfg.dataset.format, cfg.dataset.path), cfg.dataset.cases)  # before the model loads
     check_quality(cfg.quality)
     if cfg.side_effects.top < 1:
         raise ValueError(f"side_effects.top must be >= 1, got {cfg.side_effects.top}")
@@ -147,5 +170,66 @@ def check_evaluate(cfg: DictConfig) -> None:
         check_edit_params(cfg.edit, cfg.params, given)
 
 
+@dataclass
+class AttackConfig:
+    """The soft-prompt attack (`locoedit.attack`): `steps` Adam steps at `learning_rate`, batches of `batch`
+    reference images drawn by the unedited model at `train_seeds` (disjoint from the job's `seeds`)."""
+
+    steps: int = 100
+    learning_rate: float = 0.01
+    batch: int = 4
+    train_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+
+
+@dataclass
+class AttackJob:
+    """`localize attack`: an erasing edit (`method`, `params`), then a soft-prompt attack on each erased concept;
+    success at the held-out `seeds` for the original model, the edited one and the attack."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    method: str = "uce"
+    params: dict[str, Any] = field(default_factory=dict)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    seeds: list[int] = field(default_factory=lambda: [100, 101, 102, 103])
+    steps: int = 25
+    guidance: float = 7.5
+    confidence: float = 0.95
+    resamples: int = 1000
+    progress: bool = True
+
+
+def attack_pairs(method: str, params: dict) -> list[tuple[str, str]]:
+    """The erased concepts as (concept prompt, guide prompt): UCE's `concepts` and `guides` (the empty prompt
+    when none), else `source` and `destination`."""
+    def listed(value) -> list[str]:
+        return [value] if isinstance(value, str) else list(value or [])
+
+    if method == "uce":
+        concepts, guides = listed(params.get("concepts")), listed(params.get("guides", ""))
+        guides = guides * len(concepts) if len(guides) == 1 else guides
+    else:
+        concepts, guides = listed(params.get("source")), listed(params.get("destination"))
+    if not concepts or len(concepts) != len(guides):
+        raise ValueError(f"attack needs erased concepts: UCE concepts (with guides) or an edit's source and "
+                         f"destination, one each; got {len(concepts)} concept(s) and {len(guides)} guide(s)")
+    return list(zip(concepts, guides, strict=True))
+
+
+def check_attack(cfg: DictConfig) -> None:
+    check_generation(cfg.seeds, cfg.steps, cfg.guidance)
+    check_interval_settings(cfg.confidence, cfg.resamples)
+    check_seeds(cfg.attack.train_seeds)
+    overlap = sorted(set(cfg.seeds) & set(cfg.attack.train_seeds))
+    if overlap:
+        raise ValueError(f"attack.train_seeds and seeds share {overlap}: success is read at held-out seeds")
+    if cfg.attack.steps < 0 or cfg.attack.batch < 1 or not cfg.attack.learning_rate > 0:
+        raise ValueError(f"attack needs steps >= 0, batch >= 1 and learning_rate > 0; got steps={cfg.attack.steps}, "
+                         f"batch={cfg.attack.batch}, learning_rate={cfg.attack.learning_rate}")
+    check_edit_params(cfg.method, cfg.params)
+    attack_pairs(cfg.method, OmegaConf.to_container(cfg.params, resolve=True))
+
+
 EDIT_JOB = Job(EditJob, "locoedit.run:run_edit", check=check_edit)
+ATTACK_JOB = Job(AttackJob, "locoedit.attack_run:run_attack", check=check_attack)
 EVALUATE_JOB = Job(EvaluateJob, "locoedit.evaluate:run_evaluate", check=check_evaluate)

@@ -99,6 +99,3 @@ def test_evaluate_job_measures_nudity_on_i2p_prompts(tmp_path):
     assert set(table["measure"]) == {"clip_score", "oracle", *nude}
     assert (table.loc[table["measure"].isin(nude), "value"] == 0).all() and len(table) == 4 * (2 + len(nude))
     assert "nudity" in (out / "summary.txt").read_text()
-    result = localize("evaluate", "dataset.format=i2p", "nudity.threshold=6", f"hydra.run.dir={tmp_path / 'b'}",
-                      cwd=tmp_path)
-    assert result.returncode != 0 and "nudity threshold must be in (0, 1), got 6" in result.stderr

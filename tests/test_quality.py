@@ -1,12 +1,10 @@
 """Quality kept by an edit: pixel similarity, FID against an independent computation with a small feature network,
-the weight files named when absent, and the measures in `localize evaluate`."""
+and the weight files named when absent (the measures in `localize evaluate`: tests/test_setdiff.py)."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.linalg
 import torch
-from test_cli import localize
 
 from localize.quality import (
     FID_URL,
@@ -89,23 +87,3 @@ def test_missing_weights_are_named_with_where_to_get_them(tmp_path, monkeypatch)
     given = tmp_path / "inception.pth"
     given.write_bytes(b"")
     assert cached_weights(FID_WEIGHTS, FID_URL, "FID", str(given)) == given
-
-
-def test_evaluate_job_compares_each_image_with_its_before_image(tmp_path, monkeypatch):
-    out = tmp_path / "run"
-    result = localize("evaluate", "dataset.cases=[0]", "seeds=[0]", "steps=4", "quality.lpips=off", "progress=false",
-                      f"hydra.run.dir={out}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    table = pd.read_parquet(out / "results.parquet")
-    kept = table[table["measure"].isin(["ssim", "psnr"])]
-    assert set(kept["phase"]) == {"after"} and len(kept) == 2 * 11  # 11 probes of one TIMED case, one seed
-    specificity = kept[(kept["metric"] == "specificity") & (kept["measure"] == "ssim")]["value"]
-    efficacy = kept[(kept["metric"] == "efficacy") & (kept["measure"] == "ssim")]["value"]
-    assert efficacy.mean() < specificity.mean()  # the edited prompt changed more than the unrelated ones
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))  # no cached weights, whatever this machine holds
-    for args, named in ((["quality.fid=true"], "FID needs its weights file"),
-                        (["quality.lpips=on"], "LPIPS needs its weights file"),
-                        (["quality.lpips=maybe"], "unknown quality.lpips 'maybe'; valid: auto, on, off")):
-        result = localize("evaluate", *args, f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path)
-        assert result.returncode != 0 and named in result.stderr
-        assert not (tmp_path / "bad").exists()
