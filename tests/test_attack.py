@@ -13,7 +13,7 @@ from locoedit.job import attack_pairs
 
 
 def test_the_soft_prompt_replaces_the_words_the_guide_lacks(organism):
-    assert soft_positions(organism, "an apple in the style of Velmor", "an apple") == [[3, 4, 5, 6, 7, 8]]  # in .. vel mor
+    assert soft_positions(organism, "an apple in the style of Velmor", "an apple") == [[3, 4, 5, 6, 7, 8]]  # in..mor
     king = soft_positions(organism, "the king of Zarnia", "the king of Brovia")[0]
     assert king[0] == 4 and len(king) == len(organism.tokenizer("Zarnia", add_special_tokens=False).input_ids)
     with pytest.raises(ValueError, match="has no word its guide 'an apple' lacks"):
