@@ -147,6 +147,35 @@ def check_classifier_name(name: str | None) -> None:
         raise ValueError(f"classifier {name!r}: give `organism` or `module:function`")
 
 
+def edited_prompts(params: dict) -> set[str]:
+    """The prompts an edit targets (its source, concepts or concept), as given."""
+    edited = set()
+    for name in ("source", "concepts", "concept", "erase", "moderate"):
+        value = params.get(name)
+        edited |= {value} if isinstance(value, str) else set(value or ())
+    return edited
+
+
+def check_side_effects(cfg: DictConfig, table: pd.DataFrame) -> None:
+    """The side-effect prompts exist and hold no prompt an edit targets (the params', or each TIMED / RoAD case's
+    source): side effects are measured where the edit did not aim."""
+    if cfg.side_effects.top < 1:
+        raise ValueError(f"side_effects.top must be >= 1, got {cfg.side_effects.top}")
+    for name in ("prompts", "descriptions"):
+        path = cfg.side_effects[name]
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"side_effects.{name}: no file {path!r}")
+    if cfg.side_effects.prompts is None or cfg.edit is None:
+        return
+    edited = edited_prompts(OmegaConf.to_container(cfg.params, resolve=True))
+    if cfg.dataset.format in EDIT_FORMATS:
+        edited |= set(table["prompt" if cfg.dataset.format == "road" else "old"])
+    overlap = sorted(edited & set(load_dataset("prompts", cfg.side_effects.prompts)["prompt"]))
+    if overlap:
+        raise ValueError(f"side_effects.prompts {cfg.side_effects.prompts!r} holds edited prompt(s) {overlap}: give a "
+                         "list the edit does not target")
+
+
 def check_evaluate(cfg: DictConfig) -> None:
     if cfg.dataset.format in EDIT_FORMATS:  # prompt lists carry each prompt's own evaluation seed
         check_seeds(cfg.seeds)
@@ -157,14 +186,9 @@ def check_evaluate(cfg: DictConfig) -> None:
     check_interval_settings(cfg.confidence, cfg.resamples)
     check_nudity_settings(cfg.nudity.classes, cfg.nudity.threshold)
     check_classifier_name(cfg.classifier)
-    selected_cases(load_dataset(cfg.dataset.format, cfg.dataset.path), cfg.dataset.cases)  # before the model loads
+    table = selected_cases(load_dataset(cfg.dataset.format, cfg.dataset.path), cfg.dataset.cases)
+    check_side_effects(cfg, table)
     check_quality(cfg.quality)
-    if cfg.side_effects.top < 1:
-        raise ValueError(f"side_effects.top must be >= 1, got {cfg.side_effects.top}")
-    for name in ("prompts", "descriptions"):
-        path = cfg.side_effects[name]
-        if path is not None and not Path(path).is_file():
-            raise FileNotFoundError(f"side_effects.{name}: no file {path!r}")
     if cfg.edit is not None:
         given = ("source", "destination") if cfg.dataset.format in EDIT_FORMATS else ()
         check_edit_params(cfg.edit, cfg.params, given)

@@ -39,7 +39,8 @@ def test_an_unfitted_soft_prompt_is_the_prompt_itself_and_fitting_lowers_the_los
 
 def test_attack_job_reports_original_edited_and_attacked_success(tmp_path):
     out = tmp_path / "run"
-    result = localize("attack", "attack.steps=0", "seeds=[100,101]", "steps=8", "progress=false",
+    result = localize("attack", "attack.steps=0", "attack.train_seeds=[0,1]", "seeds=[100,101]", "steps=4",
+                      "progress=false",
                       f"hydra.run.dir={out}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     table = pd.read_parquet(out / "results.parquet")

@@ -236,7 +236,7 @@ def test_sdxl_never_generates_last_layer_states_its_unet_does_not_read(tiny_mode
     model = tiny_models("sdxl")
     unit = Unit("a photo of an apple", "apple", "an apple", 0)
     settings = TraceSettings(steps=2, min_drop=0.0)
-    table = trace(model, scorer, [unit], settings, unet_kinds=(), text_kinds=("self_attn", "mlp"))
+    table = trace(model, scorer, [unit], settings, unet_kinds=(), text_kinds=("mlp",))
     last = [max(layer.index for layer in model.text_encoder_layers if layer.encoder == e)
             for e in range(len(model.text_encoders))]
     text = table[table["group"] == "text_encoder"]
@@ -246,7 +246,7 @@ def test_sdxl_never_generates_last_layer_states_its_unet_does_not_read(tiny_mode
     assert (text["generated"] == ~known).all()
     assert (text.loc[known, "same_as"] == "corrupted").all() and (text.loc[~known, "same_as"] == "").all()
     repeated = set(zip(text.loc[known & is_last, "site"], text.loc[known & is_last, "token"], strict=True))
-    skipped = [s for s in prompt_states(model, unit, (), ("self_attn", "mlp")) if (s.site, s.tokens[0]) in repeated]
+    skipped = [s for s in prompt_states(model, unit, (), ("mlp",)) if (s.site, s.tokens[0]) in repeated]
     stds = unit_noise_stds(model, [unit], settings)
     _, (scores,) = batched_scores(model, scorer, [unit], [[(), *((s,) for s in skipped)]], settings, stds)
     assert len(skipped) > 4 and scores[1:] == pytest.approx([scores[0]] * len(skipped), abs=1e-4)

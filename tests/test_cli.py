@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 import yaml
 
 
@@ -27,10 +28,12 @@ def test_layers_job_prints_the_table_and_writes_results(tmp_path):
 
 
 def test_config_typos_and_unknown_jobs_are_errors(tmp_path):
-    result = localize("layers", "model.famly=sd1", f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
-    assert result.returncode != 0 and "famly" in result.stderr
-    result = localize("layerz", cwd=tmp_path)
-    assert result.returncode != 0 and "jobs: demo, edit, evaluate, layers, locogen, report, trace" in result.stderr
+    from localize.cli import main
+
+    with pytest.raises(SystemExit, match="famly"):
+        main(["layers", "model.famly=sd1", f"hydra.run.dir={tmp_path / 'x'}"])
+    with pytest.raises(SystemExit, match="jobs: attack, demo, edit, evaluate, layers, locogen, report, trace"):
+        main(["layerz"])
     result = localize("layers", "model=random_sd15_tiny", "model.family=sd3", f"hydra.run.dir={tmp_path / 'y'}",
                       cwd=tmp_path)
     assert result.returncode != 0 and "unknown model family 'sd3'" in result.stderr

@@ -46,6 +46,7 @@ BAD = [  # (job and overrides, what the error names)
     (["evaluate", "dataset.format=i2p", "dataset.path=${shipped:organism_i2p.csv}", "nudity.threshold=6"],
      "nudity threshold must be in (0, 1), got 6"),
     (["evaluate", "side_effects.prompts=/no/file.csv"], "side_effects.prompts: no file '/no/file.csv'"),
+    (["evaluate", "side_effects.prompts=${shipped:organism_i2p.csv}"], "holds edited prompt(s) ['a box']"),
     (["attack", "seeds=[0,100]"], "attack.train_seeds and seeds share [0]"),
     (["attack", "method=neurons"], "attack needs erased concepts"),
     (["evaluate", "batch_size=0"], "batch_size must be 'auto' (from the device's free memory) or an integer >= 1"),

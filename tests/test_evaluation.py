@@ -124,6 +124,7 @@ def test_images_png_shows_each_prompt_of_the_first_case_once():
 def test_evaluate_job_timed_case_before_and_after_time(tmp_path):
     out = tmp_path / "run"
     result = localize("evaluate", "dataset.cases=[0]", "seeds=[0]", "steps=4", "quality.lpips=off", "progress=false",
+                      "side_effects.prompts=${shipped:organism_others.csv}", "side_effects.top=3",
                       f"hydra.run.dir={out}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     table = pd.read_parquet(out / "results.parquet")
@@ -137,6 +138,11 @@ def test_evaluate_job_timed_case_before_and_after_time(tmp_path):
     assert efficacy[("efficacy", "oracle", "before")] == 0.0  # an apple is red before the edit
     assert efficacy[("efficacy", "oracle", "after")] == 1.0  # and blue after it
     assert (out / "images.png").stat().st_size > 0 and "specificity" in (out / "summary.txt").read_text()
+    ssim = table[table["measure"] == "ssim"].groupby("metric")["value"].mean()  # each image against its before
+    assert ssim["efficacy"] < ssim["specificity"]  # the edited prompt changed more than the unrelated ones
+    side = pd.read_parquet(out / "side_effects.parquet")  # what else changed, on prompts the edit did not target
+    assert len(side) == 36 and set(side["case"]) == {0} and side["rank"].tolist() == list(range(1, 37))
+    assert "what else changed" in result.stdout and "case 0:" in result.stdout
 
 
 def test_evaluate_job_prompt_list_with_an_erasure_and_a_classifier(tmp_path):

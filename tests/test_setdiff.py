@@ -4,9 +4,7 @@ difference, and on the organism: an over-scaled edit's side effects are found, a
 import itertools
 
 import numpy as np
-import pandas as pd
 import pytest
-from test_cli import localize
 
 from localize import generate
 from localize.data import load_prompts, shipped
@@ -57,24 +55,3 @@ def test_an_over_scaled_edit_changes_what_it_did_not_target_and_a_correct_one_do
         table = rank_descriptions(scorer, before, after, organism.spec.ground_truth.descriptions(), resamples=500)
         found[factor] = table.loc[table["shifted"], "description"].tolist()
     assert found[1] == [] and len(found[5]) >= 3
-
-
-def test_evaluate_job_ranks_side_effects_and_compares_each_image_with_its_before_image(tmp_path):
-    out = tmp_path / "run"
-    result = localize("evaluate", "dataset.cases=[0]", "seeds=[0]", "steps=8", "quality.lpips=off",
-                      "side_effects.prompts=${shipped:organism_others.csv}", "side_effects.top=3", "progress=false",
-                      f"hydra.run.dir={out}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    kept = pd.read_parquet(out / "results.parquet").query("measure in ['ssim', 'psnr']")
-    assert set(kept["phase"]) == {"after"} and len(kept) == 2 * 11  # 11 probes of one TIMED case, one seed
-    ssim = kept[kept["measure"] == "ssim"].groupby("metric")["value"].mean()
-    assert ssim["efficacy"] < ssim["specificity"]  # the edited prompt changed more than the unrelated ones
-    table = pd.read_parquet(out / "side_effects.parquet")
-    assert len(table) == 36 and set(table["case"]) == {0} and table["rank"].tolist() == list(range(1, 37))
-    assert "what else changed" in result.stdout and "case 0:" in result.stdout
-    bad = tmp_path / "edited.csv"
-    bad.write_text("case_number,prompt,evaluation_seed\n0,an apple,0\n1,a tree,1\n")
-    result = localize("evaluate", "dataset.format=prompts", f"dataset.path={bad}", "edit=uce",
-                      "+params.concepts=[an apple]", "+params.guides=[a box]", f"side_effects.prompts={bad}",
-                      f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
-    assert result.returncode != 0 and "holds edited prompt(s) ['an apple']" in result.stderr
