@@ -26,8 +26,8 @@ def image_rows(rows: dict[str, torch.Tensor], prompts: Sequence[str], seeds: Seq
     if any(len(images) != len(prompts) for images in rows.values()) or len(prompts) != len(seeds):
         raise ValueError(f"need as many images in each row as prompts and seeds; got rows of "
                          f"{[len(images) for images in rows.values()]}, {len(prompts)} prompts, {len(seeds)} seeds")
-    figure, axes = plt.subplots(len(rows), len(prompts), figsize=(1.6 * len(prompts) + 0.6, 1.8 * len(rows)),
-                                squeeze=False)
+    width = max(1.6 * len(prompts) + 0.6, 4.8 if title else 0)  # room for the title over a single column
+    figure, axes = plt.subplots(len(rows), len(prompts), figsize=(width, 1.8 * len(rows)), squeeze=False)
     for column, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
         for row, images in enumerate(rows.values()):
             axes[row, column].imshow(images[column].permute(1, 2, 0).float().clamp(0, 1).cpu().numpy())

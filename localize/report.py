@@ -34,6 +34,8 @@ KINDS: dict[str, tuple[str, list[tuple[str, str, list[str] | None, int | None]]]
                                       ["case", "rank", "description", "auroc", "ci_low", "ci_high", "direction",
                                        "shifted"], 10)]),
     "edit": ("edit.safetensors", []),
+    "attack": ("metrics.parquet", [("metrics.parquet", "success rate per condition (does the erased concept come "
+                                    "back?)", ["concept", "condition", "mean", "ci_low", "ci_high", "n"], None)]),
 }
 RESULTS = "results.parquet"
 
@@ -63,7 +65,9 @@ def find_runs(root: Path, exclude: Path | None = None) -> list[Run]:
         excluded = exclude is not None and run.resolve().is_relative_to(Path(exclude).resolve())
         if excluded or _job_name(run) == "report":
             continue
-        kind = next((name for name, (marker, _) in KINDS.items() if (run / marker).exists()), "layers")
+        job = _job_name(run)
+        kind = job if job in KINDS else next((name for name, (marker, _) in KINDS.items() if (run / marker).exists()),
+                                             "layers")
         runs.append(Run(run, kind, str(run.relative_to(root)), _overrides(run)))
     if not runs:
         raise EmptyReportError(f"no finished run under {str(root)!r}: no {RESULTS} found (a job writes it last)")

@@ -28,7 +28,7 @@ CONDITIONS = ("original", "edited", "attacked")
 
 def run_attack(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     params = OmegaConf.to_container(cfg.params, resolve=True)
-    pairs = attack_pairs(cfg.method, params)
+    pairs = attack_pairs(cfg.method, params, cfg.attack.concepts, cfg.attack.guides)
     settings = AttackSettings(cfg.attack.steps, cfg.attack.learning_rate, cfg.attack.batch,
                               tuple(cfg.attack.train_seeds), cfg.steps, cfg.guidance)
     model = model_from_config(cfg.model)

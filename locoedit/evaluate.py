@@ -292,7 +292,7 @@ def summary_text(cfg: DictConfig, metrics: pd.DataFrame, edits: list[dict]) -> s
                                 zip(metrics["mean"], metrics["ci_low"], metrics["ci_high"], strict=True)])
     index = [key for key in ("metric", "class", "measure") if key in metrics]
     wide = cell.pivot_table(index=index, columns="phase", values="text", aggfunc="first", sort=False)
-    wide = wide[[p for p in ("before", "after") if p in wide.columns]]
+    wide = wide[[p for p in ("before", "after") if p in wide.columns]].fillna("")  # after-only measures: ssim, ...
     edited = f"{cfg.edit} edits: {len(edits)}" if cfg.edit else "no edit (the model as it is)"
     seconds = f", {np.mean([e['seconds'] for e in edits]):.2f} s each" if edits else ""
     return (f"evaluate {cfg.dataset.format} {cfg.dataset.path} on {cfg.model.name_or_path}: {edited}{seconds}\n"

@@ -197,12 +197,15 @@ def check_evaluate(cfg: DictConfig) -> None:
 @dataclass
 class AttackConfig:
     """The soft-prompt attack (`locoedit.attack`): `steps` Adam steps at `learning_rate`, batches of `batch`
-    reference images drawn by the unedited model at `train_seeds` (disjoint from the job's `seeds`)."""
+    reference images drawn by the unedited model at `train_seeds` (disjoint from the job's `seeds`). `concepts`
+    and `guides` name the erased concepts when the edit's parameters do not (`attack_pairs`)."""
 
     steps: int = 100
     learning_rate: float = 0.01
     batch: int = 4
     train_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    concepts: list[str] | None = None  # the erased concepts' prompts, when the edit's params do not name them
+    guides: list[str] | None = None  # (e.g. a neuron ablation); one guide each, or one for all
 
 
 @dataclass
@@ -223,20 +226,24 @@ class AttackJob:
     progress: bool = True
 
 
-def attack_pairs(method: str, params: dict) -> list[tuple[str, str]]:
-    """The erased concepts as (concept prompt, guide prompt): UCE's `concepts` and `guides` (the empty prompt
-    when none), else `source` and `destination`."""
+def attack_pairs(method: str, params: dict, concepts=None, guides=None) -> list[tuple[str, str]]:
+    """The erased concepts as (concept prompt, guide prompt): `concepts` and `guides` when given, else UCE's
+    `concepts` and `guides` (the empty prompt when none), else the edit's `source` and `destination`."""
     def listed(value) -> list[str]:
         return [value] if isinstance(value, str) else list(value or [])
 
-    if method == "uce":
+    if concepts is not None:
+        concepts, guides = listed(concepts), listed(guides if guides is not None else "")
+        guides = guides * len(concepts) if len(guides) == 1 else guides
+    elif method == "uce":
         concepts, guides = listed(params.get("concepts")), listed(params.get("guides", ""))
         guides = guides * len(concepts) if len(guides) == 1 else guides
     else:
         concepts, guides = listed(params.get("source")), listed(params.get("destination"))
     if not concepts or len(concepts) != len(guides):
-        raise ValueError(f"attack needs erased concepts: UCE concepts (with guides) or an edit's source and "
-                         f"destination, one each; got {len(concepts)} concept(s) and {len(guides)} guide(s)")
+        raise ValueError(f"attack needs erased concepts: attack.concepts (with attack.guides), UCE concepts (with "
+                         f"guides) or an edit's source and destination, one each; got {len(concepts)} concept(s) "
+                         f"and {len(guides)} guide(s)")
     return list(zip(concepts, guides, strict=True))
 
 
@@ -251,7 +258,7 @@ def check_attack(cfg: DictConfig) -> None:
         raise ValueError(f"attack needs steps >= 0, batch >= 1 and learning_rate > 0; got steps={cfg.attack.steps}, "
                          f"batch={cfg.attack.batch}, learning_rate={cfg.attack.learning_rate}")
     check_edit_params(cfg.method, cfg.params)
-    attack_pairs(cfg.method, OmegaConf.to_container(cfg.params, resolve=True))
+    attack_pairs(cfg.method, OmegaConf.to_container(cfg.params, resolve=True), cfg.attack.concepts, cfg.attack.guides)
 
 
 EDIT_JOB = Job(EditJob, "locoedit.run:run_edit", check=check_edit)

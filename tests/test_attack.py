@@ -7,6 +7,7 @@ import torch
 from test_cli import localize
 
 from localize import generate
+from localize.report import find_runs
 from locoedit import edit
 from locoedit.attack import AttackSettings, SoftPrompt, generate_soft, optimize, soft_positions
 from locoedit.job import attack_pairs
@@ -20,6 +21,7 @@ def test_the_soft_prompt_replaces_the_words_the_guide_lacks(organism):
         soft_positions(organism, "an apple", "an apple")
     assert attack_pairs("uce", {"concepts": ["a", "b"], "guides": "c"}) == [("a", "c"), ("b", "c")]
     assert attack_pairs("diffquickfix", {"source": "s", "destination": "d"}) == [("s", "d")]
+    assert attack_pairs("neurons", {"neurons": ["cross_attn.5.to_v:0"]}, ["a", "b"], None) == [("a", ""), ("b", "")]
 
 
 def test_an_unfitted_soft_prompt_is_the_prompt_itself_and_fitting_lowers_the_loss(organism):
@@ -50,3 +52,4 @@ def test_attack_job_reports_original_edited_and_attacked_success(tmp_path):
     metrics = pd.read_parquet(out / "metrics.parquet")
     assert set(metrics["concept"]) == {"all", "an apple in the style of Velmor", "a box in the style of Velmor"}
     assert "original" in result.stdout and (out / "images.png").stat().st_size > 0
+    assert find_runs(out)[0].kind == "attack"  # the report shows it as an attack, not an evaluation
