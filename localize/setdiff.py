@@ -80,7 +80,8 @@ def examples_figure(scorer: ClipScorer, first: torch.Tensor, second: torch.Tenso
             for index in best.tolist():
                 axis = axes[row, column]
                 axis.imshow(images[index].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
-                axis.set_xticks([]), axis.set_yticks([])
+                axis.set_xticks([])
+                axis.set_yticks([])
                 axis.set_title(name, fontsize=7)
                 column += 1
         axes[row, 0].set_ylabel(f"{item['description']}\nAUROC {item['auroc']:.2f}", fontsize=7, rotation=0,

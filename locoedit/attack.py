@@ -96,6 +96,7 @@ class SoftPrompt:
 
 def optimize(model: Model, soft: SoftPrompt, references: torch.Tensor, settings: AttackSettings) -> list[float]:
     """Fit `soft`'s vectors to `references` (images of the concept) on `model` as it is; returns the losses."""
+    settings.check()
     scheduler = DDPMScheduler.from_config(model.scheduler.config)
     samples = encode_images(model, references)
     generator = torch.Generator().manual_seed(settings.seed)
