@@ -30,15 +30,25 @@ def image_rows(rows: dict[str, torch.Tensor], prompts: Sequence[str], seeds: Seq
     figure, axes = plt.subplots(len(rows), len(prompts), figsize=(width, 1.8 * len(rows)), squeeze=False)
     for column, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
         for row, images in enumerate(rows.values()):
-            axes[row, column].imshow(images[column].permute(1, 2, 0).float().clamp(0, 1).cpu().numpy())
-            axes[row, column].set_xticks([])
-            axes[row, column].set_yticks([])
+            show_image(axes[row, column], images[column])
         axes[0, column].set_title(f"{prompt}\nseed {seed}", fontsize=6)
     for row, name in enumerate(rows):
         axes[row, 0].set_ylabel(name)
+    return save_figure(figure, path, title, title_size=8, dpi=120)
+
+
+def show_image(axis, image: torch.Tensor, **imshow) -> None:
+    """One C x H x W image in [0, 1] on `axis`, without ticks."""
+    axis.imshow(image.permute(1, 2, 0).float().clamp(0, 1).cpu().numpy(), **imshow)
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+def save_figure(figure, path: Path, title: str | None, title_size: int, dpi: int) -> Path:
+    """`figure` with its title, laid out, written atomically as a PNG at `path`, then closed."""
     if title:
-        figure.suptitle(title, fontsize=8)
+        figure.suptitle(title, fontsize=title_size)
     figure.tight_layout()
-    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=dpi, format="png"))
     plt.close(figure)
     return path

@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import mannwhitneyu  # noqa: E402
 
-from localize.results import atomic_write  # noqa: E402
+from localize.figures import save_figure, show_image  # noqa: E402
 from localize.scoring import ClipScorer  # noqa: E402
 
 
@@ -78,17 +78,9 @@ def examples_figure(scorer: ClipScorer, first: torch.Tensor, second: torch.Tenso
         for name, images in sets:
             best = scorer.similarity(images, [item["description"]])[:, 0].argsort(descending=True)[:per_set]
             for index in best.tolist():
-                axis = axes[row, column]
-                axis.imshow(images[index].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
-                axis.set_xticks([])
-                axis.set_yticks([])
-                axis.set_title(name, fontsize=7)
+                show_image(axes[row, column], images[index], interpolation="nearest")
+                axes[row, column].set_title(name, fontsize=7)
                 column += 1
         axes[row, 0].set_ylabel(f"{item['description']}\nAUROC {item['auroc']:.2f}", fontsize=7, rotation=0,
                                 ha="right", va="center")
-    if title:
-        figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=100, format="png"))
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, title, title_size=9, dpi=100)
