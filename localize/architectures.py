@@ -1,10 +1,11 @@
 """Published component configs of each family, and their tiny counterparts, for `random_model`.
 
 `FULL` holds the architecture values of the published `config.json` files (SD 1.5, SD 2.1, SD-XL base 1.0,
-DeepFloyd IF-I-XL v1.0) and the shipped organism's (`localize.organism`: a 16x16 pixel-space SD 1.x). `TINY`
-keeps every structural choice of the full model (block types, layers per block, transformer depth,
-text-encoder layer count, so layer indices mean the same thing) and shrinks only widths and the sample size,
-so a tiny model runs in milliseconds on a CPU.
+DeepFloyd IF-I-XL v1.0, FLUX.1-dev, Stable Diffusion 3.5 Large) and the shipped organism's
+(`localize.organism`: a 16x16 pixel-space SD 1.x). `TINY` keeps every structural choice of the full model
+(block types, layers per block, transformer depth, the DiTs' block counts, text-encoder layer count, so layer
+indices mean the same thing) and shrinks only widths and the sample size, so a tiny model runs in
+milliseconds on a CPU.
 """
 
 from __future__ import annotations
@@ -30,6 +31,18 @@ _CLIP_L_TEXT = {  # openai/clip-vit-large-patch14's text tower (SD 1.x; SD-XL's 
 }
 _TINY_TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "projection_dim": 32}
 
+_CLIP_G_TEXT = {  # laion CLIP ViT-bigG/14's text tower (SD-XL's and SD3's second encoder)
+    **_CLIP_L_TEXT, "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 20,
+    "hidden_act": "gelu", "projection_dim": 1280}
+_T5_XXL = {  # google/t5-v1_1-xxl's encoder (DeepFloyd IF, FLUX, SD3)
+    "vocab_size": 32128, "d_model": 4096, "d_ff": 10240, "d_kv": 64, "num_heads": 64, "num_layers": 24,
+    "feed_forward_proj": "gated-gelu", "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+    "layer_norm_epsilon": 1e-6, "dropout_rate": 0.1, "pad_token_id": 0, "eos_token_id": 1,
+    "tie_word_embeddings": False, "is_encoder_decoder": False}
+_TINY_T5 = {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 4}
+_FLOW_VAE = {**_SD_VAE, "latent_channels": 16, "sample_size": 1024, "use_quant_conv": False,
+             "use_post_quant_conv": False}  # FLUX's and SD3's 16-channel autoencoder (scaling and shift per family)
+
 _SD1_UNET = {
     "sample_size": 64, "in_channels": 4, "out_channels": 4, "act_fn": "silu", "attention_head_dim": 8,
     "block_out_channels": [320, 640, 1280, 1280], "cross_attention_dim": 768, "layers_per_block": 2,
@@ -47,12 +60,13 @@ class Architecture:
     A tokenizer entry is the CLIP pad token (`<|endoftext|>` for SD 1.x, `!` for OpenCLIP encoders) or `"t5"`.
     """
 
-    unet: dict
+    unet: dict | None
     text_encoders: tuple[tuple[str, dict], ...]
     tokenizers: tuple[str, ...]
     scheduler: tuple[str, dict]
     vae: dict | None = None
     pipeline: dict = field(default_factory=dict)
+    transformer: tuple[str, dict] | None = None  # a DiT family's denoiser (class name, config), in place of a UNet
 
 
 FULL: dict[str, Architecture] = {
@@ -83,9 +97,7 @@ FULL: dict[str, Architecture] = {
               "projection_class_embeddings_input_dim": 2816},
         text_encoders=(
             ("CLIPTextModel", _CLIP_L_TEXT),
-            ("CLIPTextModelWithProjection", {
-                **_CLIP_L_TEXT, "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
-                "num_attention_heads": 20, "hidden_act": "gelu", "projection_dim": 1280}),
+            ("CLIPTextModelWithProjection", _CLIP_G_TEXT),
         ),
         tokenizers=("<|endoftext|>", "!"),
         scheduler=("EulerDiscreteScheduler", {**_SD_SCHEDULE, "interpolation_type": "linear",
@@ -106,11 +118,7 @@ FULL: dict[str, Architecture] = {
             "resnet_time_scale_shift": "scale_shift", "upcast_attention": False, "use_linear_projection": False,
             "norm_num_groups": 32, "norm_eps": 1e-5, "flip_sin_to_cos": True, "freq_shift": 0,
         },
-        text_encoders=(("T5EncoderModel", {
-            "vocab_size": 32128, "d_model": 4096, "d_ff": 10240, "d_kv": 64, "num_heads": 64, "num_layers": 24,
-            "feed_forward_proj": "gated-gelu", "relative_attention_num_buckets": 32,
-            "relative_attention_max_distance": 128, "layer_norm_epsilon": 1e-6, "dropout_rate": 0.1,
-            "pad_token_id": 0, "eos_token_id": 1, "tie_word_embeddings": False, "is_encoder_decoder": False}),),
+        text_encoders=(("T5EncoderModel", _T5_XXL),),
         tokenizers=("t5",),
         scheduler=("DDPMScheduler", {
             "beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 1000, "prediction_type": "epsilon",
@@ -132,6 +140,32 @@ FULL: dict[str, Architecture] = {
             "clip_sample": False,  # clamping x0 (without recomputing the noise) derails sampling under strong CFG
             "set_alpha_to_one": True, "steps_offset": 0, "timestep_spacing": "trailing"}),
     ),
+    "flux": Architecture(  # black-forest-labs/FLUX.1-dev; T5 first: its states are the text stream
+        unet=None,
+        transformer=("FluxTransformer2DModel", {
+            "patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38, "attention_head_dim": 128,
+            "num_attention_heads": 24, "joint_attention_dim": 4096, "pooled_projection_dim": 768,
+            "guidance_embeds": True, "axes_dims_rope": [16, 56, 56]}),
+        text_encoders=(("T5EncoderModel", _T5_XXL), ("CLIPTextModel", _CLIP_L_TEXT)),
+        tokenizers=("t5", "<|endoftext|>"),
+        scheduler=("FlowMatchEulerDiscreteScheduler", {
+            "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5,
+            "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}),
+        vae={**_FLOW_VAE, "scaling_factor": 0.3611, "shift_factor": 0.1159},
+    ),
+    "sd3": Architecture(  # stabilityai/stable-diffusion-3.5-large
+        unet=None,
+        transformer=("SD3Transformer2DModel", {
+            "sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 38, "attention_head_dim": 64,
+            "num_attention_heads": 38, "joint_attention_dim": 4096, "caption_projection_dim": 2432,
+            "pooled_projection_dim": 2048, "out_channels": 16, "pos_embed_max_size": 192, "qk_norm": "rms_norm",
+            "dual_attention_layers": []}),
+        text_encoders=(("CLIPTextModelWithProjection", _CLIP_L_TEXT), ("CLIPTextModelWithProjection", _CLIP_G_TEXT),
+                       ("T5EncoderModel", _T5_XXL)),
+        tokenizers=("<|endoftext|>", "!", "t5"),
+        scheduler=("FlowMatchEulerDiscreteScheduler", {"num_train_timesteps": 1000, "shift": 3.0}),
+        vae={**_FLOW_VAE, "scaling_factor": 1.5305, "shift_factor": 0.0609},
+    ),
 }
 
 _TINY_OVERRIDES: dict[str, dict] = {
@@ -152,6 +186,14 @@ _TINY_OVERRIDES: dict[str, dict] = {
     "organism": {"unet": {"sample_size": 8, "block_out_channels": [16, 16, 32], "cross_attention_dim": 32,
                           "attention_head_dim": 2},
                  "text_encoders": [_TINY_TEXT]},
+    "flux": {"transformer": {"attention_head_dim": 8, "num_attention_heads": 2, "joint_attention_dim": 32,
+                             "pooled_projection_dim": 32, "axes_dims_rope": [2, 2, 4]},
+             "text_encoders": [_TINY_T5, _TINY_TEXT], "vae": {**_TINY_VAE, "norm_num_groups": 4}},
+    "sd3": {"transformer": {"sample_size": 8, "attention_head_dim": 8, "num_attention_heads": 2,
+                            "joint_attention_dim": 64, "caption_projection_dim": 16, "pooled_projection_dim": 64,
+                            "pos_embed_max_size": 8},  # T5 at least as wide as the two CLIPs' states side by side
+            "text_encoders": [_TINY_TEXT, _TINY_TEXT, {**_TINY_T5, "d_model": 64}],
+            "vae": {**_TINY_VAE, "norm_num_groups": 4}},
 }
 
 
@@ -165,8 +207,10 @@ def architecture(family: str, size: str) -> Architecture:
     if size == "full":
         return copy.deepcopy(full)
     tiny = _TINY_OVERRIDES[family]
+    transformer = full.transformer and (full.transformer[0], {**full.transformer[1], **tiny["transformer"]})
     return Architecture(
-        unet={**full.unet, **tiny["unet"]},
+        unet=full.unet and {**full.unet, **tiny["unet"]},
+        transformer=transformer,
         text_encoders=tuple(
             (cls, {**cfg, **small}) for (cls, cfg), small in zip(full.text_encoders, tiny["text_encoders"], strict=True)
         ),

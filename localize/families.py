@@ -12,7 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from diffusers import DiffusionPipeline, IFPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    DiffusionPipeline,
+    FluxPipeline,
+    IFPipeline,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 
 from localize.organism.oracle import color_classifier, oracle_success, read_images
 from localize.organism.pipeline import OrganismPipeline
@@ -121,6 +128,26 @@ def _encode_organism(pipeline: OrganismPipeline, prompts: list[str], size: tuple
     return {"encoder_hidden_states": pipeline.encode_prompt(prompts, pipeline.unet.device)}
 
 
+FLUX_TOKENS = 512  # FluxPipeline's default T5 length (FLUX.1-dev's; schnell was trained at 256)
+SD3_T5_TOKENS = 256  # StableDiffusion3Pipeline's default T5 length
+
+
+def _encode_flux(pipeline: FluxPipeline, prompts: list[str], size: tuple[int, int]) -> Conditioning:
+    """T5's states as the text stream (`max_sequence_length` 512, the pipeline's default) and CLIP's pooled
+    output; the text position ids (all zero) are the denoiser's to add (`localize.denoising`)."""
+    embeds, pooled, _ = pipeline.encode_prompt(prompts, device=pipeline.transformer.device,
+                                               max_sequence_length=FLUX_TOKENS)
+    return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+
+
+def _encode_sd3(pipeline: StableDiffusion3Pipeline, prompts: list[str], size: tuple[int, int]) -> Conditioning:
+    """Both CLIPs' penultimate states side by side (zero-padded to T5's width), then T5's 256 states, along the
+    sequence; both CLIPs' pooled projections side by side."""
+    embeds, _, pooled, _ = pipeline.encode_prompt(prompts, None, None, device=pipeline.transformer.device,
+                                                  do_classifier_free_guidance=False, max_sequence_length=SD3_T5_TOKENS)
+    return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+
+
 @dataclass(frozen=True)
 class GroundTruth:
     """What a family whose world is known (the organism) gives methods and jobs in place of learned judges:
@@ -144,6 +171,9 @@ class Family:
     image of `size` = (height, width) pixels; `uncond(pipeline, n, size)` the unconditional CFG rows;
     `prompt_text(pipeline, prompt)` the text the tokenizer actually receives, when the pipeline changes it
     (token positions are computed on it). `ground_truth`: the family's known world, when it has one.
+    `denoiser`: `unet`, or the DiT kind (`flux`, `sd3`; `localize.denoising`), whose pipeline holds it as
+    `transformer`. `guidance_distilled`: the denoiser reads the guidance scale as an input and no unconditional
+    half runs (FLUX.1). `token_lengths`: each tokenizer's length when they differ (default: all `max_tokens`).
     """
 
     name: str
@@ -156,6 +186,19 @@ class Family:
     max_tokens: int = 77  # the sequence length the pipelines encode (IF's is hard-coded in its pipeline too)
     prompt_text: Callable[[DiffusionPipeline, str], str] | None = None
     ground_truth: GroundTruth | None = None
+    denoiser: str = "unet"
+    guidance_distilled: bool = False
+    token_lengths: tuple[int, ...] | None = None
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        """The length each tokenizer encodes to, in `tokenizers` order."""
+        return self.token_lengths or (self.max_tokens,) * len(self.tokenizers)
+
+    @property
+    def denoiser_attr(self) -> str:
+        """The pipeline attribute that holds the denoiser."""
+        return "unet" if self.denoiser == "unet" else "transformer"
 
     def unconditional(self, pipeline: DiffusionPipeline, n: int, size: tuple[int, int]) -> Conditioning:
         if self.uncond is not None:
@@ -177,6 +220,12 @@ FAMILIES: dict[str, Family] = {
                OrganismPipeline, ("text_encoder",), ("tokenizer",), _encode_organism,
                ground_truth=GroundTruth(read_images, oracle_success, color_classifier, world_captions,
                                         world_descriptions)),
+        Family("flux", "FLUX.1 (dev, schnell): MMDiT, T5 text stream + pooled CLIP, flow matching", FluxPipeline,
+               ("text_encoder_2", "text_encoder"), ("tokenizer_2", "tokenizer"), _encode_flux,
+               max_tokens=FLUX_TOKENS, token_lengths=(FLUX_TOKENS, 77), denoiser="flux", guidance_distilled=True),
+        Family("sd3", "Stable Diffusion 3 and 3.5: MMDiT, two CLIPs + T5, flow matching", StableDiffusion3Pipeline,
+               ("text_encoder", "text_encoder_2", "text_encoder_3"), ("tokenizer", "tokenizer_2", "tokenizer_3"),
+               _encode_sd3, token_lengths=(77, 77, SD3_T5_TOKENS), denoiser="sd3"),
     )
 }
 

@@ -13,10 +13,10 @@ import inspect
 from collections.abc import Sequence
 
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from localize.checks import AUTO, check_batch_size, check_generation
+from localize.denoising import Denoising, native_size
 from localize.engine import patching
 from localize.memory import run_in_batches
 from localize.model import Model
@@ -39,15 +39,10 @@ def _concat(first, second):
     return torch.cat([first, second])
 
 
-def vae_scale(model: Model) -> int:
-    """Pixels per latent position: the VAE's downscaling, 1 for pixel-space models (IF)."""
-    return model.pipeline.vae_scale_factor if model.vae is not None else 1
-
-
 def image_size(model: Model, height: int | None, width: int | None) -> tuple[int, int]:
-    """Pixel size: the UNet's native sample size (times the VAE's downscaling) unless given."""
-    native = model.unet.config.sample_size * vae_scale(model)
-    return height or native, width or native
+    """Pixel size: the family's native size (`native_size`) unless given."""
+    native = native_size(model)
+    return height or native[0], width or native[1]
 
 
 @torch.no_grad()
@@ -92,13 +87,15 @@ def generate(
             token_ids(tokenizer, prompt, limit=model.spec.max_tokens)
     n = len(prompts)
     size = image_size(model, height, width)
-    device, dtype = model.device, model.dtype
     base = scheduler or model.scheduler
     scheduler = type(base).from_config(base.config)
-    scheduler.set_timesteps(steps, device=device)
-    cfg = guidance > 1.0
-    generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
     spec = model.spec
+    cfg = guidance > 1.0 and not spec.guidance_distilled
+    check_branches(model, patches)
+    generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+    denoising = Denoising(model, size, {})
+    denoising.set_timesteps(scheduler, steps)
+    latents = denoising.initial(generators, scheduler)
 
     # the empty prompt is encoded once for every row unless a patch changes its text states
     per_row_uncond = any(resolve_site(model, patch.site).in_text_encoder and patch.branch in ("both", "uncond")
@@ -113,28 +110,35 @@ def generate(
             conditioning = _concat(uncond, conditioning)
         run.halves = ("uncond", "cond") if cfg else ("cond",)
 
-        scale = vae_scale(model)
-        shape = (n, model.unet.config.in_channels, size[0] // scale, size[1] // scale)
-        latents = randn_tensor(shape, generator=generators, device=device, dtype=dtype)
-        latents = latents * scheduler.init_noise_sigma
         step_kwargs = {"generator": generators} if "generator" in _step_parameters(scheduler) else {}
-        channels = latents.shape[1]
+        channels = model.denoiser.config.in_channels if spec.denoiser == "unet" else None
         for i, t in enumerate(tqdm(scheduler.timesteps, desc="denoising", disable=not progress, leave=False)):
             run.step = i
             model_input = torch.cat([latents] * 2) if cfg else latents
-            model_input = scheduler.scale_model_input(model_input, t)
-            prediction = model.unet(model_input, t, **conditioning, return_dict=False)[0]
+            prediction = denoising.predict(scheduler, model_input, t, conditioning, guidance)
             if cfg:
                 uncond, cond = prediction.chunk(2)
-                guided = uncond[:, :channels] + guidance * (cond[:, :channels] - uncond[:, :channels])
-                prediction = torch.cat([guided, cond[:, channels:]], dim=1)  # IF's learned variance: cond half
-            if prediction.shape[1] > channels and scheduler.config.get("variance_type") not in (
-                "learned", "learned_range"
-            ):
+                if channels is None:
+                    prediction = uncond + guidance * (cond - uncond)
+                else:
+                    guided = uncond[:, :channels] + guidance * (cond[:, :channels] - uncond[:, :channels])
+                    prediction = torch.cat([guided, cond[:, channels:]], dim=1)  # IF's learned variance: cond half
+            if channels is not None and prediction.shape[1] > channels and scheduler.config.get(
+                    "variance_type") not in ("learned", "learned_range"):
                 prediction = prediction[:, :channels]
             latents = scheduler.step(prediction, t, latents, **step_kwargs, return_dict=False)[0]
         run.check_ran(patches)
-    return decode(model, latents)
+    return decode(model, denoising.to_vae(latents))
+
+
+def check_branches(model: Model, patches: Sequence[Patch]) -> None:
+    """A guidance-distilled family (FLUX.1) has no unconditional half: a patch on it is an error."""
+    if model.spec.guidance_distilled:
+        for patch in patches:
+            if patch.branch == "uncond":
+                raise ValueError(f"patch on {patch.site!r} has branch='uncond', but {model.family} is guidance-"
+                                 "distilled: it reads the guidance scale as an input and runs no unconditional "
+                                 "half; use branch='cond' (or 'both', the same here)")
 
 
 def _step_parameters(scheduler) -> set[str]:
@@ -152,7 +156,8 @@ def decode(model: Model, latents: torch.Tensor) -> torch.Tensor:
         if upcast:
             vae.to(torch.float32)
         try:
-            images = vae.decode(latents.to(decode_dtype) / vae.config.scaling_factor, return_dict=False)[0]
+            shift = vae.config.get("shift_factor") or 0.0  # FLUX's and SD3's autoencoders are shifted too
+            images = vae.decode(latents.to(decode_dtype) / vae.config.scaling_factor + shift, return_dict=False)[0]
         finally:
             if upcast:
                 vae.to(torch.float16)
@@ -175,7 +180,8 @@ def encode_images(model: Model, images: torch.Tensor) -> torch.Tensor:
     finally:
         if upcast:
             vae.to(torch.float16)
-    return (latents * vae.config.scaling_factor).to(model.dtype)
+    shift = vae.config.get("shift_factor") or 0.0
+    return ((latents - shift) * vae.config.scaling_factor).to(model.dtype)
 
 
 def generate_batches(model: Model, prompts: Sequence[str], seeds: Sequence[int], batch_size: int | str = AUTO,

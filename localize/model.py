@@ -3,6 +3,9 @@
 Layer-index convention: every table is 0-based and in EXECUTION order (down blocks, mid block, up blocks, as
 the UNet's forward calls them), which is not `named_modules()` order (down, up, mid). The order is recorded
 by running the UNet's forward once on the meta device (no memory, no compute) with hooks on every module.
+A DiT (FLUX, SD3) runs its dual-stream `transformer_blocks`, then FLUX's `single_transformer_blocks`, in
+index order: its text-reading layers are the dual-stream blocks' attentions (the text stream's `add_k_proj` /
+`add_v_proj`), and its components are the blocks.
 """
 
 from __future__ import annotations
@@ -32,12 +35,12 @@ class CrossAttentionLayer:
     """One cross-attention layer. `key`/`value` are the projections that see the text.
 
     For SD and SD-XL these are `to_k`/`to_v` of a transformer block's `attn2`; for DeepFloyd IF's added-K/V
-    attention they are `add_k_proj`/`add_v_proj`.
+    attention, and a DiT's dual-stream joint attention (its text stream), they are `add_k_proj`/`add_v_proj`.
     """
 
     index: int
     name: str
-    module: Attention
+    module: nn.Module
 
     @property
     def key(self) -> nn.Linear:
@@ -62,7 +65,9 @@ class TextEncoderLayer:
 
 @dataclass(frozen=True)
 class UNetComponent:
-    """A UNet state causal tracing restores: kind in `resnet, self_attn, cross_attn, ff`; block e.g. `up_blocks.1`."""
+    """A denoiser state causal tracing restores: kind in `resnet, self_attn, cross_attn, ff`, block e.g.
+    `up_blocks.1` (UNets); kind `block` (dual-stream) or `single`, block `transformer_blocks` or
+    `single_transformer_blocks` (DiTs)."""
 
     index: int
     name: str
@@ -126,10 +131,34 @@ def unet_execution_order(unet: UNet2DConditionModel) -> tuple[str, ...]:
     return _execution_order(json.dumps(dict(unet.config), sort_keys=True, default=list))
 
 
+DIT_BLOCK_LISTS = {"transformer_blocks": "block", "single_transformer_blocks": "single"}
+
+
+def _dit_tables(transformer: nn.Module) -> tuple[list[CrossAttentionLayer], list[UNetComponent]]:
+    """A DiT's text-reading layers (each dual-stream block's attention) and its blocks, in execution order."""
+    blocks = [(f"{attr}.{i}", kind, attr, block) for attr, kind in DIT_BLOCK_LISTS.items()
+              for i, block in enumerate(getattr(transformer, attr, ()))]
+    dual = [(name, block.attn) for name, kind, _, block in blocks if kind == "block"]
+    return ([CrossAttentionLayer(i, f"{name}.attn", attn) for i, (name, attn) in enumerate(dual)],
+            [UNetComponent(i, name, kind, attr, block) for i, (name, kind, attr, block) in enumerate(blocks)])
+
+
 def block_of(name: str) -> str:
     """The UNet block a module belongs to: `down_blocks.N`, `mid_block` or `up_blocks.N`."""
     parts = name.split(".")
     return parts[0] if parts[0] == "mid_block" else ".".join(parts[:2])
+
+
+def _unet_tables(unet: UNet2DConditionModel, family: str) -> tuple[list[CrossAttentionLayer], list[UNetComponent]]:
+    """A UNet's cross-attention layers and components, in execution order."""
+    modules = dict(unet.named_modules())
+    order = [name for name in unet_execution_order(unet) if name in modules]
+    cross = [name for name in order if _is_cross_attention(modules[name])]
+    if not cross:
+        raise ValueError(f"the {family} UNet has no cross-attention layer; cannot build a Model of it")
+    components = [(name, kind) for name in order if (kind := _component_kind(modules[name])) is not None]
+    return ([CrossAttentionLayer(i, n, modules[n]) for i, n in enumerate(cross)],
+            [UNetComponent(i, n, kind, block_of(n), modules[n]) for i, (n, kind) in enumerate(components)])
 
 
 @dataclass
@@ -167,15 +196,10 @@ class Model:
             family = detect_family(pipeline)
         else:
             check_family(pipeline, family)
-        unet = pipeline.unet
-        modules = dict(unet.named_modules())
-        order = [name for name in unet_execution_order(unet) if name in modules]
-        cross = [name for name in order if _is_cross_attention(modules[name])]
-        if not cross:
-            raise ValueError(f"the {family} UNet has no cross-attention layer; cannot build a Model of it")
-        components = [
-            (name, kind) for name in order if (kind := _component_kind(modules[name])) is not None
-        ]
+        if get_family(family).denoiser == "unet":
+            cross_layers, components = _unet_tables(pipeline.unet, family)
+        else:
+            cross_layers, components = _dit_tables(pipeline.transformer)
         text_layers = []
         for e, attr in enumerate(get_family(family).text_encoders):
             encoder = getattr(pipeline, attr)
@@ -185,22 +209,23 @@ class Model:
                     e, i, f"{attr}.{arch.layers}.{i}", layer,
                     layer.get_submodule(arch.self_attn), layer.get_submodule(arch.mlp),
                 ))
-        return cls(
-            pipeline=pipeline,
-            family=family,
-            cross_attention_layers=[CrossAttentionLayer(i, n, modules[n]) for i, n in enumerate(cross)],
-            text_encoder_layers=text_layers,
-            unet_components=[
-                UNetComponent(i, n, kind, block_of(n), modules[n]) for i, (n, kind) in enumerate(components)
-            ],
-        )
+        return cls(pipeline=pipeline, family=family, cross_attention_layers=cross_layers,
+                   text_encoder_layers=text_layers, unet_components=components)
 
     @property
     def spec(self) -> Family:
         return get_family(self.family)
 
     @property
+    def denoiser(self) -> nn.Module:
+        """The UNet, or a DiT family's transformer."""
+        return getattr(self.pipeline, self.spec.denoiser_attr)
+
+    @property
     def unet(self) -> UNet2DConditionModel:
+        if self.spec.denoiser != "unet":
+            raise ValueError(f"the {self.family} family has no UNet: its denoiser is a {type(self.denoiser).__name__} "
+                             "(`Model.denoiser`, sites `transformer.<module path>`)")
         return self.pipeline.unet
 
     @property
@@ -218,7 +243,7 @@ class Model:
     @property
     def text_side(self) -> tuple[nn.Module, ...]:
         """Every module the text contexts depend on: the text encoders and the UNet's text projection (IF)."""
-        projection = getattr(self.unet, "encoder_hid_proj", None)
+        projection = getattr(self.denoiser, "encoder_hid_proj", None)
         return self.text_encoders + ((projection,) if projection is not None else ())
 
     @property
@@ -226,8 +251,8 @@ class Model:
         """The family's tokenizers as its encoding uses them: its length (`max_tokens`), each prompt seen as the
         encoder sees it (`Family.prompt_text`)."""
         prompt_text = self.spec.prompt_text and functools.partial(self.spec.prompt_text, self.pipeline)
-        return tuple(EncoderTokenizer(getattr(self.pipeline, attr), self.spec.max_tokens, prompt_text)
-                     for attr in self.spec.tokenizers)
+        return tuple(EncoderTokenizer(getattr(self.pipeline, attr), length, prompt_text)
+                     for attr, length in zip(self.spec.tokenizers, self.spec.lengths, strict=True))
 
     @property
     def tokenizer(self):
@@ -236,11 +261,11 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return self.denoiser.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        return self.denoiser.dtype
 
     def text_encoder_embeddings(self, encoder: int) -> nn.Module:
         arch = TEXT_ENCODER_ARCHS[type(self.text_encoders[encoder]).__name__]
@@ -301,7 +326,7 @@ def load_model(
     """Load a diffusers pipeline from a hub id or a local diffusers directory and build its tables;
     `"organism"` loads the embedded model organism shipped in the package (no network).
 
-    The family (`sd1, sd2, sdxl, if, organism`) is detected from the pipeline's configs unless given. Safety
+    The family (`sd1, sd2, sdxl, if, flux, sd3, organism`) is detected from the pipeline's configs unless given. Safety
     checkers and watermarkers are not loaded.
     """
     if family is not None:

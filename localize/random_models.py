@@ -30,6 +30,9 @@ def _default_dtype(dtype: torch.dtype | None):
         torch.set_default_dtype(previous)
 
 
+TINY_DIT_SAMPLE = 4  # a tiny DiT's default latent side: 32 px, 4 FLUX tokens or 4 SD3 patches of 2x2
+
+
 def _tokenizer(kind: str):
     return t5_tokenizer() if kind == "t5" else clip_tokenizer(pad_token=kind)
 
@@ -41,7 +44,8 @@ def random_model(
     dtype: str | torch.dtype | None = None,
     seed: int = 0,
 ) -> Model:
-    """A `family` pipeline (`sd1, sd2, sdxl, if, organism`) with seeded random weights and real offline tokenizers.
+    """A `family` pipeline (`sd1, sd2, sdxl, if, flux, sd3, organism`) with seeded random weights and real offline
+    tokenizers.
 
     `size="full"` is the published architecture (build it on `device="meta"` to inspect layer tables without
     memory); `size="tiny"` keeps its structure with small widths. Weights are drawn directly in `dtype`, so a
@@ -54,7 +58,11 @@ def random_model(
     build_device = target if target.type == "meta" else torch.device("cpu")
     with torch.random.fork_rng(devices=[]), build_device, _default_dtype(parse_dtype(dtype)):
         torch.manual_seed(seed)
-        components = {"unet": UNet2DConditionModel(**arch.unet)}
+        if arch.transformer is not None:
+            cls_name, config = arch.transformer
+            components = {"transformer": getattr(diffusers, cls_name)(**config)}
+        else:
+            components = {"unet": UNet2DConditionModel(**arch.unet)}
         if arch.vae is not None:
             components["vae"] = AutoencoderKL(**arch.vae)
         for attr, (cls_name, config) in zip(spec.text_encoders, arch.text_encoders, strict=True):
@@ -68,6 +76,8 @@ def random_model(
     components.update(unused_components(spec.pipeline_class, init_args))
     components.update(arch.pipeline)
     pipeline = spec.pipeline_class(**components)
+    if size == "tiny" and hasattr(pipeline, "default_sample_size") and arch.unet is None:
+        pipeline.default_sample_size = TINY_DIT_SAMPLE  # FluxPipeline fixes 128 (1024 px) whatever the config
     for module in pipeline.components.values():
         if isinstance(module, torch.nn.Module):
             module.eval()

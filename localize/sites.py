@@ -12,6 +12,8 @@ Grammar (indices 0-based; cross-attention and text layers in execution order, se
 - `cross_attn.K.to_k` / `cross_attn.K.to_v` the text-side key / value projections' outputs (IF: add_k/add_v)
 - `cross_attn.K`                            the cross-attention layer's output
 - `unet.PATH`                               the output of any UNet module, e.g. `unet.up_blocks.1.resnets.0`
+- `transformer.PATH`                        the output of a DiT's (FLUX, SD3) module, e.g.
+                                            `transformer.context_embedder` (a module that returns one tensor)
 - `SITE.input`                              the first input of any site above that is a module's output, e.g.
                                             `text_encoder.0.layers.0.self_attn.out_proj.input` (DiffQuickFix's keys)
 
@@ -38,6 +40,17 @@ SITE_PATTERNS = (
     "unet.<module path>",
     "<module site>.input",
 )
+DIT_SITE_PATTERNS = (
+    "text_encoder.E.embeddings",
+    "text_encoder.E.layers.L[.self_attn|.mlp|.<module path>]",
+    "transformer.<module path>",
+    "<module site>.input",
+)
+
+
+def site_patterns(model: Model) -> tuple[str, ...]:
+    """The site kinds this model's family has."""
+    return SITE_PATTERNS if model.spec.denoiser == "unet" else DIT_SITE_PATTERNS
 
 
 @dataclass(frozen=True)
@@ -67,7 +80,7 @@ def _index(part: str, n: int, what: str, site: str) -> int:
 def _unknown(model: Model, name: str) -> ValueError:
     close = difflib.get_close_matches(name, list(all_site_names(model)), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ValueError(f"unknown site {name!r}; valid sites: {', '.join(SITE_PATTERNS)}{hint}")
+    return ValueError(f"unknown site {name!r}; valid sites: {', '.join(site_patterns(model))}{hint}")
 
 
 def resolve_site(model: Model, name: str) -> Site:
@@ -83,13 +96,16 @@ def resolve_site(model: Model, name: str) -> Site:
 def _resolve(model: Model, name: str) -> Site:
     parts = name.split(".")
     head = parts[0]
-    if head == "unet" and len(parts) > 1:
+    if head == model.spec.denoiser_attr and len(parts) > 1:
         path = ".".join(parts[1:])
         try:
-            module = model.unet.get_submodule(path)
+            module = model.denoiser.get_submodule(path)
         except AttributeError:
             raise _unknown(model, name) from None
         return Site(name, module, "output", text_axis=False, in_text_encoder=False)
+    if head in ("cross_attn", "unet") and model.spec.denoiser != "unet":
+        raise ValueError(f"site {name!r} is a UNet site; the {model.family} family is a DiT "
+                         f"({type(model.denoiser).__name__}), whose sites are: {', '.join(DIT_SITE_PATTERNS)}")
     if head == "cross_attn" and len(parts) in (2, 3):
         layer = model.cross_attention_layers[_index(parts[1], len(model.cross_attention_layers),
                                                     "cross-attention layer", name)]
@@ -127,8 +143,9 @@ def all_site_names(model: Model) -> list[str]:
     for layer in model.text_encoder_layers:
         base = f"text_encoder.{layer.encoder}.layers.{layer.index}"
         names += [base, f"{base}.self_attn", f"{base}.mlp"]
-    for layer in model.cross_attention_layers:
-        base = f"cross_attn.{layer.index}"
-        names += [base, f"{base}.context", f"{base}.to_k", f"{base}.to_v"]
-    names += [f"unet.{path}" for path, _ in model.unet.named_modules() if path]
+    if model.spec.denoiser == "unet":
+        for layer in model.cross_attention_layers:
+            base = f"cross_attn.{layer.index}"
+            names += [base, f"{base}.context", f"{base}.to_k", f"{base}.to_v"]
+    names += [f"{model.spec.denoiser_attr}.{path}" for path, _ in model.denoiser.named_modules() if path]
     return names

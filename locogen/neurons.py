@@ -24,8 +24,9 @@ import torch
 from scipy.stats import ttest_ind
 
 from localize.batching import PackedUnit, RowPatches, score_packed
+from localize.denoising import latent_scale
 from localize.engine import capturing
-from localize.generation import image_size, vae_scale
+from localize.generation import image_size
 from localize.model import Model
 from localize.patches import Patch
 from localize.scoring import ClipScorer
@@ -61,7 +62,7 @@ def activations(model: Model, layers: Sequence[int], projection: str, prompts: S
     """
     size = image_size(model, None, None)
     conditioning = model.spec.encode(model.pipeline, list(prompts), size)
-    scale = vae_scale(model)
+    scale = latent_scale(model)
     sample = torch.zeros(len(prompts), model.unet.config.in_channels, size[0] // scale, size[1] // scale,
                          device=model.device, dtype=model.dtype)
     sites = [f"cross_attn.{k}.{projection}" for k in layers]

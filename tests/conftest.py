@@ -7,7 +7,7 @@ import torch
 from localize import load_model, random_model
 from localize.scoring import ORGANISM, ClipScorer
 
-FAMILIES = ("sd1", "sd2", "sdxl", "if", "organism")
+FAMILIES = ("sd1", "sd2", "sdxl", "if", "organism", "flux", "sd3")
 
 
 @pytest.fixture(scope="session")

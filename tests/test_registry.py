@@ -95,8 +95,8 @@ def test_a_given_family_must_fit_the_pipeline(tiny_models):
 
 
 def test_unknown_family_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"unknown model family 'sd3'.*sd1, sd2, sdxl, if"):
-        random_model("sd3")
+    with pytest.raises(ValueError, match=r"unknown model family 'sd4'.*sd1, sd2, sdxl, if, organism, flux, sd3"):
+        random_model("sd4")
     with pytest.raises(ValueError, match="unknown model size 'huge'"):
         random_model("sd1", "huge")
 

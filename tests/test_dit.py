@@ -1,0 +1,85 @@
+"""Diffusion transformers (FLUX.1, Stable Diffusion 3.x): registry, layer tables, generation, sites."""
+
+import pytest
+import torch
+
+from localize import Patch, generate, load_model, random_model
+from localize.layer_table import block_table, layer_table
+from localize.sites import resolve_site
+
+PROMPTS = ["a photo of a red rose", "a painting of a cat"]
+
+
+@pytest.fixture(scope="module")
+def full():
+    return {family: random_model(family, "full", device="meta") for family in ("flux", "sd3")}
+
+
+def encoder_layer_counts(model) -> list[int]:
+    return [sum(1 for layer in model.text_encoder_layers if layer.encoder == e) for e in range(len(model.text_encoders))]
+
+
+def test_flux_full_tables_match_flux1_dev(full):
+    flux = full["flux"]
+    assert len(flux.cross_attention_layers) == 19  # FLUX.1-dev's dual-stream blocks
+    kinds = block_table(flux)["kind"].tolist()
+    assert kinds == ["block"] * 19 + ["single"] * 38  # execution order: every dual-stream block first
+    assert flux.unet_components[19].name == "single_transformer_blocks.0"
+    assert encoder_layer_counts(flux) == [24, 12]  # T5-XXL (the text stream) first, then CLIP-L (pooled)
+    assert round(sum(p.numel() for p in flux.denoiser.parameters()) / 1e9, 1) == 11.9  # "12B"
+    assert flux.denoiser.config.guidance_embeds
+
+
+def test_sd3_full_tables_match_sd35_large(full):
+    sd3 = full["sd3"]
+    assert len(sd3.cross_attention_layers) == len(sd3.unet_components) == 38
+    assert set(block_table(sd3)["kind"]) == {"block"}
+    assert encoder_layer_counts(sd3) == [12, 32, 24]  # CLIP-L, CLIP-G, T5-XXL
+    assert round(sum(p.numel() for p in sd3.denoiser.parameters()) / 1e9, 1) == 8.1  # "8.1B"
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_text_reading_layers_are_the_dual_blocks_text_projections(tiny_models, family):
+    model = tiny_models(family)
+    table = layer_table(model)
+    assert table["name"].tolist() == [f"transformer_blocks.{i}.attn" for i in range(len(table))]
+    layer = model.cross_attention_layers[3]
+    block = model.denoiser.transformer_blocks[3]
+    assert layer.key is block.attn.add_k_proj and layer.value is block.attn.add_v_proj
+
+
+def test_flux_has_no_unconditional_half(tiny_models):
+    flux = tiny_models("flux")
+    with pytest.raises(ValueError, match="guidance-distilled.*branch='cond'"):
+        generate(flux, PROMPTS[:1], [0], steps=1, patches=[Patch("text_encoder.0.layers.0", "zero", branch="uncond")])
+    # guidance is an input: another scale changes the image without a second half
+    assert not torch.equal(generate(flux, PROMPTS[:1], [0], steps=2, guidance=1.0),
+                           generate(flux, PROMPTS[:1], [0], steps=2, guidance=7.5))
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_unet_sites_on_a_dit_name_the_dit_site_kinds(tiny_models, family):
+    model = tiny_models(family)
+    for site in ("cross_attn.0.to_k", "unet.up_blocks.0"):
+        with pytest.raises(ValueError, match=r"UNet site.*DiT.*transformer\.<module path>"):
+            resolve_site(model, site)
+    assert resolve_site(model, "transformer.context_embedder").module is model.denoiser.context_embedder
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_patches_on_text_encoders_and_transformer_modules_change_the_image_and_leave_nothing(tiny_models, family):
+    model = tiny_models(family)
+    before = generate(model, PROMPTS, [0, 1], steps=2)
+    for patch in (Patch("text_encoder.0.layers.1", "zero", rows=[1]), Patch("transformer.context_embedder", "zero",
+                                                                              rows=[1])):
+        patched = generate(model, PROMPTS, [0, 1], steps=2, patches=[patch])
+        assert (patched[0] - before[0]).abs().max() <= 1e-5  # row 0 unpatched (up to batch effects)
+        assert (patched[1] - before[1]).abs().max() > 1e-3
+    assert torch.equal(generate(model, PROMPTS, [0, 1], steps=2), before)
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_a_saved_dit_pipeline_loads_and_is_detected(tmp_path, tiny_models, family):
+    tiny_models(family).pipeline.save_pretrained(tmp_path)
+    model = load_model(str(tmp_path))
+    assert model.family == family and len(model.cross_attention_layers) == len(tiny_models(family).cross_attention_layers)
