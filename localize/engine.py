@@ -126,9 +126,9 @@ def patching(
     for patch, site in resolved:
         _check(patch, site, model, rows, steps)
     captures = [resolve_site(model, name) for name in dict.fromkeys(capture)]
-    groups: dict[tuple[int, str], list[tuple[Patch, Site]]] = {}
+    groups: dict[tuple[int, str, int | None], list[tuple[Patch, Site]]] = {}
     for patch, site in resolved:
-        groups.setdefault((id(site.module), site.hook), []).append((patch, site))
+        groups.setdefault((id(site.module), site.hook, site.element), []).append((patch, site))
     run = PatchRun(rows)
     handles = []
     try:
@@ -154,7 +154,7 @@ def capturing(model: Model, sites: Sequence[str]) -> Iterator[dict[str, list[tor
 def _register_capture(site: Site, calls: list[torch.Tensor]):
     if site.hook == "output":
         def record_output(module, args, output):
-            calls.append((output[0] if isinstance(output, tuple) else output).detach())
+            calls.append((output[site.element or 0] if isinstance(output, tuple) else output).detach())
 
         return site.module.register_forward_hook(record_output)
 
@@ -184,7 +184,8 @@ def _register(run: PatchRun, entries: list[tuple[Patch, Site]]):
 
     def output_hook(module, args, output):
         if isinstance(output, tuple):
-            return (run.apply(entries, output[0]), *output[1:])
+            element = site.element or 0
+            return (*output[:element], run.apply(entries, output[element]), *output[element + 1:])
         return run.apply(entries, output)
 
     # First among the module's hooks, so hooks a library keeps there (transformers' hidden-state capture, which

@@ -14,6 +14,13 @@ Grammar (indices 0-based; cross-attention and text layers in execution order, se
 - `unet.PATH`                               the output of any UNet module, e.g. `unet.up_blocks.1.resnets.0`
 - `transformer.PATH`                        the output of a DiT's (FLUX, SD3) module, e.g.
                                             `transformer.context_embedder` (a module that returns one tensor)
+- `block.K.text_in` / `block.K.text` / `block.K.image`
+                                            DiT dual-stream block K: the text stream entering it, and each
+                                            stream's output (SD3's last block outputs no text stream)
+- `block.K.add_k` / `block.K.add_v`         its text stream's key / value projections' outputs
+- `single.K.text_in` / `single.K.text` / `single.K.image`
+                                            FLUX single-stream block K: the text slice of its joint sequence
+                                            entering it and leaving it, and the image slice leaving it
 - `SITE.input`                              the first input of any site above that is a module's output, e.g.
                                             `text_encoder.0.layers.0.self_attn.out_proj.input` (DiffQuickFix's keys)
 
@@ -21,7 +28,7 @@ A neuron is one feature of a site: `SITE:N`, e.g. `cross_attn.4.to_v:17` (LOCOGE
 edit; a patch selects it with `Patch(SITE, neurons=[N])`).
 
 Per-row tensors: text-axis sites are [tokens, features]; UNet sites are [positions, channels] (transformer
-blocks) or [channels, height, width] (convolutions, IF attention).
+blocks) or [channels, height, width] (convolutions, IF attention); a DiT's image stream is [patches, channels].
 """
 
 from __future__ import annotations
@@ -43,9 +50,12 @@ SITE_PATTERNS = (
 DIT_SITE_PATTERNS = (
     "text_encoder.E.embeddings",
     "text_encoder.E.layers.L[.self_attn|.mlp|.<module path>]",
+    "block.K[.text_in|.text|.image|.add_k|.add_v]",
+    "single.K[.text_in|.text|.image] (FLUX)",
     "transformer.<module path>",
     "<module site>.input",
 )
+DIT_STREAMS = {"text": 0, "image": 1}  # a DiT block returns (text stream, image stream)
 
 
 def site_patterns(model: Model) -> tuple[str, ...]:
@@ -59,7 +69,8 @@ class Site:
     `context` (its encoder_hidden_states input).
 
     `text_axis`: per-row tensors are [tokens, features]. `in_text_encoder`: computed once per prompt batch,
-    before denoising, so a denoising-step range does not apply.
+    before denoising, so a denoising-step range does not apply. `element`: for a module that returns a tuple,
+    which element the site is (a DiT block's streams; None: the first).
     """
 
     name: str
@@ -67,6 +78,7 @@ class Site:
     hook: str
     text_axis: bool
     in_text_encoder: bool
+    element: int | None = None
 
 
 def _index(part: str, n: int, what: str, site: str) -> int:
@@ -103,6 +115,8 @@ def _resolve(model: Model, name: str) -> Site:
         except AttributeError:
             raise _unknown(model, name) from None
         return Site(name, module, "output", text_axis=False, in_text_encoder=False)
+    if head in ("block", "single") and model.spec.denoiser != "unet" and len(parts) in (2, 3):
+        return _dit_block_site(model, name, parts)
     if head in ("cross_attn", "unet") and model.spec.denoiser != "unet":
         raise ValueError(f"site {name!r} is a UNet site; the {model.family} family is a DiT "
                          f"({type(model.denoiser).__name__}), whose sites are: {', '.join(DIT_SITE_PATTERNS)}")
@@ -135,6 +149,27 @@ def _resolve(model: Model, name: str) -> Site:
     raise _unknown(model, name)
 
 
+def _dit_block_site(model: Model, name: str, parts: list[str]) -> Site:
+    kind = parts[0]
+    blocks = [c for c in model.unet_components if c.kind == kind]
+    if not blocks:
+        raise ValueError(f"site {name!r}: the {model.family} family has no {kind} blocks; valid sites: "
+                         f"{', '.join(DIT_SITE_PATTERNS)}")
+    block = blocks[_index(parts[1], len(blocks), f"{kind} block", name)].module
+    part = parts[2] if len(parts) == 3 else "image"
+    if part == "text_in":
+        return Site(name, block, "context", text_axis=True, in_text_encoder=False)
+    if part in DIT_STREAMS:
+        if part == "text" and getattr(block, "context_pre_only", False):
+            raise ValueError(f"site {name!r}: this block outputs no text stream (the last SD3 block reads the text "
+                             "but passes none on); use its text_in or image")
+        return Site(name, block, "output", text_axis=part == "text", in_text_encoder=False,
+                    element=DIT_STREAMS[part])
+    if part in ("add_k", "add_v") and kind == "block":
+        return Site(name, getattr(block.attn, f"{part}_proj"), "output", text_axis=True, in_text_encoder=False)
+    raise _unknown(model, name)
+
+
 def all_site_names(model: Model) -> list[str]:
     """Every valid address of this model (UNet modules included), for listings and suggestions."""
     names = []
@@ -147,5 +182,10 @@ def all_site_names(model: Model) -> list[str]:
         for layer in model.cross_attention_layers:
             base = f"cross_attn.{layer.index}"
             names += [base, f"{base}.context", f"{base}.to_k", f"{base}.to_v"]
+    else:
+        for kind, parts in (("block", ("text_in", "text", "image", "add_k", "add_v")),
+                            ("single", ("text_in", "text", "image"))):
+            blocks = [c for c in model.unet_components if c.kind == kind]
+            names += [f"{kind}.{i}.{part}" for i in range(len(blocks)) for part in parts]
     names += [f"{model.spec.denoiser_attr}.{path}" for path, _ in model.denoiser.named_modules() if path]
     return names

@@ -83,3 +83,42 @@ def test_a_saved_dit_pipeline_loads_and_is_detected(tmp_path, tiny_models, famil
     tiny_models(family).pipeline.save_pretrained(tmp_path)
     model = load_model(str(tmp_path))
     assert model.family == family and len(model.cross_attention_layers) == len(tiny_models(family).cross_attention_layers)
+
+
+def test_block_sites_read_the_streams_where_the_forward_passes_them(tiny_models):
+    flux = tiny_models("flux")
+    last = len(flux.cross_attention_layers) - 1
+    sites = ["transformer.context_embedder", "block.0.text_in", "block.4.text", "block.5.text_in",
+             f"block.{last}.text", "single.0.text_in", "single.0.image", "single.1.text", "block.2.add_v"]
+    from localize.engine import capturing
+
+    with capturing(flux, sites) as seen:
+        generate(flux, PROMPTS[:1], [0], steps=1)
+    first = {site: calls[0] for site, calls in seen.items()}
+    assert torch.equal(first["transformer.context_embedder"], first["block.0.text_in"])
+    assert torch.equal(first["block.4.text"], first["block.5.text_in"])
+    assert torch.equal(first[f"block.{last}.text"], first["single.0.text_in"])
+    text_length = first["block.0.text_in"].shape[1]
+    assert first["single.1.text"].shape[1] == text_length  # the text slice of the joint sequence
+    assert first["single.0.image"].shape[1] == 4  # 32 px: 2 x 2 packed patches
+    assert first["block.2.add_v"].shape[1] == text_length
+
+
+def test_a_patched_image_stream_changes_only_its_row(tiny_models):
+    flux = tiny_models("flux")
+    before = generate(flux, PROMPTS, [0, 1], steps=2)
+    after = generate(flux, PROMPTS, [0, 1], steps=2, patches=[Patch("block.2.image", "zero", rows=[1]),
+                                                            Patch("single.3.text", "restore", rows=[1])])
+    assert (after[0] - before[0]).abs().max() <= 1e-5 and (after[1] - before[1]).abs().max() > 1e-3
+
+
+def test_bad_block_sites_name_what_is_valid(tiny_models):
+    flux, sd3 = tiny_models("flux"), tiny_models("sd3")
+    with pytest.raises(IndexError, match=r"block index 19 out of range.*0\.\.18"):
+        resolve_site(flux, "block.19.text")
+    with pytest.raises(ValueError, match="no single blocks"):
+        resolve_site(sd3, "single.0.text")
+    with pytest.raises(ValueError, match="outputs no text stream"):
+        resolve_site(sd3, f"block.{len(sd3.cross_attention_layers) - 1}.text")
+    with pytest.raises(ValueError, match=r"unknown site 'block\.0\.text_out'.*single\.K"):
+        resolve_site(flux, "block.0.text_out")
