@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from causal_tracing.settings import UNET_KINDS
+from causal_tracing.settings import DENOISER_KINDS
 from causal_tracing.states import TOKEN_ROLES
 from localize.results import atomic_write
 
@@ -92,7 +92,7 @@ def unet_heatmap(effects: pd.DataFrame, title: str, out_dir: Path) -> Path | Non
     unet = effects[effects["group"] == "unet"]
     if unet.empty:
         return None
-    kinds = [kind for kind in UNET_KINDS if kind in set(unet["kind"])]
+    kinds = [kind for kind in DENOISER_KINDS if kind in set(unet["kind"])]
     grid = (unet.pivot_table(index="kind", columns="location", values="effect", aggfunc="max")
             .reindex(index=kinds, columns=_block_order(unet["location"])))
     figure = Figure(figsize=(1.2 + 0.9 * grid.shape[1], 1.6 + 0.5 * len(kinds)))

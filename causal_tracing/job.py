@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
-from causal_tracing.settings import TEXT_KINDS, UNET_KINDS, TraceSettings, Unit, check_kinds
+from causal_tracing.settings import TEXT_KINDS, TraceSettings, Unit, check_kinds
 from localize.checks import check_seeds
 from localize.config import PromptJobConfig, settings_from
 from localize.jobs import Job
@@ -29,7 +29,7 @@ class NoiseConfig:
 class TraceJob(PromptJobConfig):
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     step_range: list[int] | None = None  # [start, stop) denoising steps where UNet states are restored
-    unet_kinds: list[str] = field(default_factory=lambda: list(UNET_KINDS))
+    unet_kinds: list[str] | None = None  # denoiser state kinds; None: all the model's (UNet or DiT)
     text_kinds: list[str] = field(default_factory=lambda: list(TEXT_KINDS))
     min_drop: float = 1.0
     top: int = 5

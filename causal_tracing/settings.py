@@ -8,16 +8,21 @@ from dataclasses import dataclass
 from localize.checks import AUTO, check_batch_size, check_guidance, check_memory_budget, check_steps
 
 UNET_KINDS = ("resnet", "self_attn", "cross_attn", "ff")
+DIT_KINDS = ("image", "text")  # a DiT block's output streams (FLUX's single blocks: the joint sequence's slices)
+DENOISER_KINDS = UNET_KINDS + DIT_KINDS
 TEXT_KINDS = ("self_attn", "mlp")
 
 
 def check_kinds(unet_kinds, text_kinds) -> None:
-    for given, valid, what in ((unet_kinds, UNET_KINDS, "UNet"), (text_kinds, TEXT_KINDS, "text-encoder")):
-        unknown = [kind for kind in given if kind not in valid]
+    """`unet_kinds`: denoiser state kinds (None: every kind the model's denoiser has, UNet or DiT)."""
+    valid_denoiser = f"{', '.join(UNET_KINDS)} (UNets), {', '.join(DIT_KINDS)} (DiTs)"
+    for given, valid, what, listed in ((unet_kinds, DENOISER_KINDS, "denoiser", valid_denoiser),
+                                       (text_kinds, TEXT_KINDS, "text-encoder", ", ".join(TEXT_KINDS))):
+        unknown = [kind for kind in given or () if kind not in valid]
         if unknown:
-            raise ValueError(f"unknown {what} state kind(s) {unknown}; valid: {', '.join(valid)}")
-    if not list(unet_kinds) and not list(text_kinds):
-        raise ValueError("no state kind to trace: give at least one UNet or text-encoder kind")
+            raise ValueError(f"unknown {what} state kind(s) {unknown}; valid: {listed}")
+    if unet_kinds is not None and not list(unet_kinds) and not list(text_kinds):
+        raise ValueError("no state kind to trace: give at least one denoiser or text-encoder kind")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The states causal tracing restores, one at a time, and the token roles that group text positions.
 
-- UNet states: the output of every resnet, self-attention, cross-attention and feed-forward module of every
-  down / mid / up block (`Model.unet_components`, execution order), restored in both CFG halves at every
-  denoising step of the step range.
+- Denoiser states (group `unet`): the output of every resnet, self-attention, cross-attention and feed-forward
+  module of every down / mid / up block of a UNet (`Model.unet_components`, execution order); for a DiT, each
+  block's image-stream and text-stream outputs (kinds `image`, `text`; sites `block.K.*`, `single.K.*`).
+  Restored in every CFG half at every denoising step of the step range.
 - Text-encoder states: the self-attention and MLP outputs (before the residual add) of every layer of every
   text encoder, at one token position of the prompt (start token to end token), plus one state for the whole
   padding span after the end token. Restored in the conditional half (the unconditional prompt is empty).
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from causal_tracing.settings import TEXT_KINDS, UNET_KINDS
+from causal_tracing.settings import DIT_KINDS, TEXT_KINDS, UNET_KINDS
 from localize.model import Model
 from localize.tokens import token_ids
 
@@ -46,12 +47,31 @@ class State:
         return self.site if self.tokens is None else f"{self.site}@{self.token_role}"
 
 
-def unet_states(model: Model, kinds=UNET_KINDS) -> list[State]:
-    return [
-        State(f"unet.{c.name}", "unet", c.kind, c.block, c.index)
-        for c in model.unet_components
-        if c.kind in kinds
-    ]
+def denoiser_kinds(model: Model) -> tuple[str, ...]:
+    """The state kinds of the model's denoiser."""
+    return UNET_KINDS if model.spec.denoiser == "unet" else DIT_KINDS
+
+
+def unet_states(model: Model, kinds=None) -> list[State]:
+    """The denoiser's states of `kinds` (None: all its kinds); kinds the model does not have are an error."""
+    valid = denoiser_kinds(model)
+    kinds = valid if kinds is None else tuple(kinds)
+    foreign = [kind for kind in kinds if kind not in valid]
+    if foreign:
+        raise ValueError(f"state kind(s) {foreign} do not exist in the {model.family} family's "
+                         f"{type(model.denoiser).__name__}; its kinds: {', '.join(valid)}")
+    if model.spec.denoiser == "unet":
+        return [State(f"unet.{c.name}", "unet", c.kind, c.block, c.index)
+                for c in model.unet_components if c.kind in kinds]
+    counts: dict[str, int] = {}
+    states = []
+    for c in model.unet_components:  # a DiT: its blocks, each stream a state
+        k = counts[c.kind] = counts.get(c.kind, -1) + 1
+        for stream in kinds:
+            if stream == "text" and getattr(c.module, "context_pre_only", False):
+                continue  # SD3's last block passes no text stream on
+            states.append(State(f"{c.kind}.{k}.{stream}", "unet", stream, c.block, c.index))
+    return states
 
 
 def token_roles(tokenizer, prompt: str, attribute_positions: list[int], length: int) -> list[str]:

@@ -113,10 +113,9 @@ def serial_scores(
 
 
 def prompt_states(model: Model, unit: Unit, unet_kinds, text_kinds) -> list[State]:
-    """Every traced state of a unit: UNet components, then text states at the unit's token positions."""
-    length = model.spec.max_tokens
+    """Every traced state of a unit: denoiser components, then text states at the unit's token positions."""
     roles = [
-        token_roles(tokenizer, unit.prompt, positions, length)
+        token_roles(tokenizer, unit.prompt, positions, tokenizer.model_max_length)
         for tokenizer, positions in zip(model.tokenizers, attribute_positions(model, unit.prompt, unit.attribute),
                                         strict=True)
     ]
@@ -160,11 +159,13 @@ def trace(
     scorer: ClipScorer,
     units: Sequence[Unit],
     settings: TraceSettings = TraceSettings(),
-    unet_kinds=("resnet", "self_attn", "cross_attn", "ff"),
+    unet_kinds=None,
     text_kinds=("self_attn", "mlp"),
     progress: bool = False,
 ) -> pd.DataFrame:
     """Trace every state of every unit: one row per unit x state (text states: per token position).
+    `unet_kinds`: the denoiser's state kinds (None: all of them; UNets: resnet, self_attn, cross_attn, ff;
+    DiTs: image, text).
 
     Columns: the unit (`prompt, attribute, text, seed`), the state (`site, group, kind, location, layer, token`
     (first position, -1 for UNet states), `token_role, token_text, key`), the scores (`score_clean,

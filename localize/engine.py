@@ -16,7 +16,7 @@ import torch
 
 from localize.model import Model
 from localize.patches import Patch
-from localize.sites import Site, resolve_site
+from localize.sites import Site, resolve_site, token_length
 
 
 class PatchRun:
@@ -108,8 +108,8 @@ def _check(patch: Patch, site: Site, model: Model, rows: int | None, steps: int 
     if patch.tokens is not None:
         if not site.text_axis:
             raise ValueError(f"patch on {site.name!r}: token positions apply to text-axis sites only "
-                             "(text_encoder.*, cross_attn.K.context/to_k/to_v)")
-        length = model.spec.max_tokens
+                             "(text_encoder.*, cross_attn.K.context/to_k/to_v, a DiT's text streams)")
+        length = token_length(model, site)
         if max(patch.tokens) >= length:
             raise IndexError(f"patch on {site.name!r}: token {max(patch.tokens)} beyond the {length} positions")
 

@@ -174,6 +174,8 @@ class Family:
     `denoiser`: `unet`, or the DiT kind (`flux`, `sd3`; `localize.denoising`), whose pipeline holds it as
     `transformer`. `guidance_distilled`: the denoiser reads the guidance scale as an input and no unconditional
     half runs (FLUX.1). `token_lengths`: each tokenizer's length when they differ (default: all `max_tokens`).
+    `context_tokens`: the length of the conditioning's token axis when it is not `max_tokens` (SD3 puts its
+    CLIP and T5 states one after the other).
     """
 
     name: str
@@ -189,6 +191,12 @@ class Family:
     denoiser: str = "unet"
     guidance_distilled: bool = False
     token_lengths: tuple[int, ...] | None = None
+    context_tokens: int | None = None
+
+    @property
+    def context_length(self) -> int:
+        """Positions on the token axis of the conditioning the denoiser reads."""
+        return self.context_tokens or self.max_tokens
 
     @property
     def lengths(self) -> tuple[int, ...]:
@@ -225,7 +233,7 @@ FAMILIES: dict[str, Family] = {
                max_tokens=FLUX_TOKENS, token_lengths=(FLUX_TOKENS, 77), denoiser="flux", guidance_distilled=True),
         Family("sd3", "Stable Diffusion 3 and 3.5: MMDiT, two CLIPs + T5, flow matching", StableDiffusion3Pipeline,
                ("text_encoder", "text_encoder_2", "text_encoder_3"), ("tokenizer", "tokenizer_2", "tokenizer_3"),
-               _encode_sd3, token_lengths=(77, 77, SD3_T5_TOKENS), denoiser="sd3"),
+               _encode_sd3, token_lengths=(77, 77, SD3_T5_TOKENS), context_tokens=77 + SD3_T5_TOKENS, denoiser="sd3"),
     )
 }
 

@@ -170,6 +170,14 @@ def _dit_block_site(model: Model, name: str, parts: list[str]) -> Site:
     raise _unknown(model, name)
 
 
+def token_length(model: Model, site: Site) -> int:
+    """Positions on a text-axis site's token axis: its text encoder's length, else the conditioning's."""
+    parts = site.name.split(".")
+    if parts[0] == "text_encoder":
+        return model.spec.lengths[int(parts[1])]
+    return model.spec.context_length
+
+
 def all_site_names(model: Model) -> list[str]:
     """Every valid address of this model (UNet modules included), for listings and suggestions."""
     names = []

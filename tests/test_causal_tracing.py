@@ -178,7 +178,7 @@ def test_trace_runs_on_tiny_random_models(family, tiny_models, scorer):
 
 @pytest.mark.parametrize("change, message", [
     ({"units": [Unit("a photo of an apple", "pear", "a pear", 0)]}, "'pear' occurs not at all"),
-    ({"unet_kinds": ("resnet", "conv")}, "unknown UNet state kind(s) ['conv']"),
+    ({"unet_kinds": ("resnet", "conv")}, "unknown denoiser state kind(s) ['conv']"),
     ({"text_kinds": ("attention",)}, "unknown text-encoder state kind(s) ['attention']"),
     ({"settings": TraceSettings(steps=5, step_range=(2, 9))}, "step range [2, 9] outside the schedule of 5 steps"),
     ({"settings": TraceSettings(noise_scale=0.0)}, "noise scale must be > 0, got 0.0"),

@@ -79,7 +79,7 @@ def test_trace_job_rejects_bad_settings_before_loading_anything(tmp_path):
     result = localize("trace", "steps=5", "step_range=[0,9]", f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path)
     assert result.returncode != 0 and "step range [0, 9] outside the schedule of 5 steps" in result.stderr
     result = localize("trace", "unet_kinds=[conv]", f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
-    assert result.returncode != 0 and "unknown UNet state kind(s) ['conv']" in result.stderr
+    assert result.returncode != 0 and "unknown denoiser state kind(s) ['conv']" in result.stderr
     assert not (tmp_path / "a" / "results.parquet").exists()
     result = localize("trace", "confidence=95", f"hydra.run.dir={tmp_path / 'c'}", cwd=tmp_path)
     assert result.returncode != 0 and "confidence must be in (0, 1), got 95" in result.stderr

@@ -11,7 +11,7 @@ BAD = [  # (job and overrides, what the error names)
     (["layers", "model.nmae=x"], "nmae"),
     (["trace", "stepz=3"], "stepz"),
     (["trace", "steps=0"], "steps must be >= 1, got 0"),
-    (["trace", "unet_kinds=[conv]"], "unknown UNet state kind(s) ['conv']"),
+    (["trace", "unet_kinds=[conv]"], "unknown denoiser state kind(s) ['conv']"),
     (["trace", "seeds=[]"], "seeds is empty"),
     (["trace", "confidence=95"], "confidence must be in (0, 1), got 95"),
     (["locogen", "m=0"], "window size m=0"),

@@ -16,7 +16,8 @@ def full():
 
 
 def encoder_layer_counts(model) -> list[int]:
-    return [sum(1 for layer in model.text_encoder_layers if layer.encoder == e) for e in range(len(model.text_encoders))]
+    encoders = range(len(model.text_encoders))
+    return [sum(1 for layer in model.text_encoder_layers if layer.encoder == e) for e in encoders]
 
 
 def test_flux_full_tables_match_flux1_dev(full):
@@ -82,7 +83,8 @@ def test_patches_on_text_encoders_and_transformer_modules_change_the_image_and_l
 def test_a_saved_dit_pipeline_loads_and_is_detected(tmp_path, tiny_models, family):
     tiny_models(family).pipeline.save_pretrained(tmp_path)
     model = load_model(str(tmp_path))
-    assert model.family == family and len(model.cross_attention_layers) == len(tiny_models(family).cross_attention_layers)
+    assert model.family == family
+    assert len(model.cross_attention_layers) == len(tiny_models(family).cross_attention_layers)
 
 
 def test_block_sites_read_the_streams_where_the_forward_passes_them(tiny_models):
@@ -122,3 +124,21 @@ def test_bad_block_sites_name_what_is_valid(tiny_models):
         resolve_site(sd3, f"block.{len(sd3.cross_attention_layers) - 1}.text")
     with pytest.raises(ValueError, match=r"unknown site 'block\.0\.text_out'.*single\.K"):
         resolve_site(flux, "block.0.text_out")
+
+
+@pytest.mark.parametrize("family, streams", [("flux", 2 * 57), ("sd3", 38 + 37)])  # SD3's last block: no text out
+def test_trace_restores_each_blocks_streams(family, streams, tiny_models, scorer):
+    from causal_tracing import TraceSettings, Unit, trace
+
+    model = tiny_models(family)
+    unit = Unit("a photo of an apple", "apple", "an apple", 0)
+    text_kinds = ("mlp",) if family == "flux" else ()  # SD3's 68 text layers: covered by FLUX's T5 and CLIP
+    table = trace(model, scorer, [unit], TraceSettings(steps=1, min_drop=0.0), text_kinds=text_kinds)
+    denoiser = table[table["group"] == "unet"]
+    assert len(denoiser) == streams and set(denoiser["kind"]) == {"image", "text"}
+    assert denoiser["site"].iloc[0] == "block.0.image" and denoiser["generated"].all()
+    text = table[table["group"] == "text_encoder"]
+    assert set(text["location"]) == ({"text_encoder.0", "text_encoder.1"} if family == "flux" else set())
+    assert table[["score_clean", "score_corrupted", "score_restored"]].notna().all().all()
+    with pytest.raises(ValueError, match=f"'resnet'.*do not exist in the {family} family.*image, text"):
+        trace(model, scorer, [unit], TraceSettings(steps=1), unet_kinds=("resnet",))
