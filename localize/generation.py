@@ -84,7 +84,7 @@ def generate(
     check_generation(seeds, steps, guidance)
     for tokenizer in model.tokenizers:
         for prompt in prompts:
-            token_ids(tokenizer, prompt, limit=model.spec.max_tokens)
+            token_ids(tokenizer, prompt)
     n = len(prompts)
     size = image_size(model, height, width)
     base = scheduler or model.scheduler

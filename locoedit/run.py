@@ -36,7 +36,7 @@ def run_edit(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     model = model_from_config(cfg.model)
     for prompt in cfg.evaluate:  # before the edit is computed and saved
         for tokenizer in model.tokenizers:
-            token_ids(tokenizer, prompt, limit=model.spec.max_tokens)
+            token_ids(tokenizer, prompt)
     truth = model.spec.ground_truth
     debiasing = cfg.method == "uce" and params.get("mode") in ("debias", "joint") and params.get("attributes")
     scorer = scorer_from_config(cfg.scorer, model.device) if truth is None or debiasing else None

@@ -31,7 +31,7 @@ def _check_units(model: Model, units: Sequence[Unit]) -> None:
     for unit in units:
         for prompt in (unit.prompt, unit.altered):
             for tokenizer in model.tokenizers:
-                token_ids(tokenizer, prompt, limit=model.spec.max_tokens)
+                token_ids(tokenizer, prompt)
 
 
 def batched_window_scores(
@@ -41,7 +41,7 @@ def batched_window_scores(
     settings.check(len(model.cross_attention_layers))
     _check_units(model, units)
     all_windows = windows(len(model.cross_attention_layers), settings.m)
-    rows = [_untouched, *(_window_rows(window) for window in all_windows)]
+    rows = [_untouched, *(_window_rows(model, window) for window in all_windows)]
     packed = [PackedUnit(unit.altered, unit.prompt, unit.seed, unit.text, rows) for unit in units]
     altered, scores = score_packed(model, scorer, packed, settings.batch_size, settings.steps, settings.guidance,
                                    progress, desc="window rows", memory_budget=settings.memory_budget)
@@ -52,19 +52,26 @@ def _untouched(row: int, altered_row: int) -> list:
     return []
 
 
-def _window_rows(window: tuple[int, ...]) -> RowPatches:
-    return lambda row, altered_row: window_patches(window, row, altered_row)
+def _window_rows(model: Model, window: tuple[int, ...]) -> RowPatches:
+    return lambda row, altered_row: window_patches(model, window, row, altered_row)
 
 
 def serial_window_scores(model: Model, scorer: ClipScorer, unit: Unit, settings: SearchSettings) -> list[float]:
     """What the reference does: the altered prompt's conditioning computed once, then one generation per window
-    with the window layers' conditioning replaced (conditional half)."""
+    with the window layers' conditioning replaced (conditional half). A DiT's window blocks read a text stream
+    that changes with the image and step, so there each window is one generation of [altered, original] with
+    the original row's window blocks restored from the altered row."""
     settings.check(len(model.cross_attention_layers))
-    context = cross_attention_context(model, unit.altered)
+    dit = model.spec.denoiser != "unet"
+    context = None if dit else cross_attention_context(model, unit.altered)
     scores = []
     for window in windows(len(model.cross_attention_layers), settings.m):
-        images = generate(model, [unit.prompt], [unit.seed], steps=settings.steps, guidance=settings.guidance,
-                          patches=window_replace_patches(window, context))
+        if dit:
+            images = generate(model, [unit.altered, unit.prompt], [unit.seed] * 2, steps=settings.steps,
+                              guidance=settings.guidance, patches=window_patches(model, window, 1, 0))[1:]
+        else:
+            images = generate(model, [unit.prompt], [unit.seed], steps=settings.steps, guidance=settings.guidance,
+                              patches=window_replace_patches(window, context))
         scores.append(scorer.score(images, [unit.text]).item())
     return scores
 

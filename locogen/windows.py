@@ -2,7 +2,10 @@
 the altered prompt's text conditioning on the conditional CFG half.
 
 Batch convention: a window row takes each window layer's context from the unit's altered row (`restore` from
-`altered_row`, same CFG half); every other layer keeps the row's own (original) prompt.
+`altered_row`, same CFG half); every other layer keeps the row's own (original) prompt. In a DiT (FLUX, SD3)
+the window is m consecutive dual-stream blocks, and what a window block takes from the altered row is the text
+stream entering it (`block.K.text_in`): after block 0 that stream depends on the image and the step too, so it
+is restored from the altered row of the same batch, never replaced by a precomputed context.
 """
 
 from __future__ import annotations
@@ -21,9 +24,14 @@ def windows(n_layers: int, m: int) -> list[tuple[int, ...]]:
     return [tuple(range(start, start + m)) for start in range(n_layers - m + 1)]
 
 
-def window_patches(window: tuple[int, ...], row: int, altered_row: int) -> list[Patch]:
-    """Row `row`'s window layers read the conditioning of row `altered_row` (conditional half only)."""
-    return [Patch(f"cross_attn.{k}.context", "restore", rows=(row,), source_rows=(altered_row,), branch="cond")
+def text_input_site(model: Model, k: int) -> str:
+    """The text a window layer reads: cross-attention layer K's context, or dual-stream block K's text stream."""
+    return f"cross_attn.{k}.context" if model.spec.denoiser == "unet" else f"block.{k}.text_in"
+
+
+def window_patches(model: Model, window: tuple[int, ...], row: int, altered_row: int) -> list[Patch]:
+    """Row `row`'s window layers read the text of row `altered_row` (conditional half only)."""
+    return [Patch(text_input_site(model, k), "restore", rows=(row,), source_rows=(altered_row,), branch="cond")
             for k in window]
 
 

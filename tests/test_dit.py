@@ -142,3 +142,16 @@ def test_trace_restores_each_blocks_streams(family, streams, tiny_models, scorer
     assert table[["score_clean", "score_corrupted", "score_restored"]].notna().all().all()
     with pytest.raises(ValueError, match=f"'resnet'.*do not exist in the {family} family.*image, text"):
         trace(model, scorer, [unit], TraceSettings(steps=1), unet_kinds=("resnet",))
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_locogen_windows_of_dual_blocks_match_the_one_window_loop(family, tiny_models, scorer):
+    from locogen.layer_search import batched_window_scores, serial_window_scores
+    from locogen.settings import SearchSettings, Unit
+
+    model = tiny_models(family)
+    unit = Unit("a photo of a box", "a photo of an apple", "an apple", 0)
+    settings = SearchSettings(m=10, steps=2, batch_size=4)  # a unit split across batches
+    _, _, batched = batched_window_scores(model, scorer, [unit], settings)
+    assert len(batched[0]) == len(model.cross_attention_layers) - 10 + 1
+    assert batched[0] == pytest.approx(serial_window_scores(model, scorer, unit, settings), abs=1e-3)

@@ -41,7 +41,7 @@ def test_the_window_patch_reaches_exactly_the_window_layers_on_the_conditional_h
         received[layers[module]] = kwargs["encoder_hidden_states"]
 
     layers = {layer.module: layer.index for layer in model.cross_attention_layers}
-    with patching(model, window_patches(window, row=1, altered_row=0), rows=2) as run:
+    with patching(model, window_patches(model, window, row=1, altered_row=0), rows=2) as run:
         conditioning = model.spec.encode(model.pipeline, ["a photo of a box", "a photo of an apple"], size)
         states = torch.cat([torch.zeros_like(conditioning["encoder_hidden_states"]),
                             conditioning["encoder_hidden_states"]])
