@@ -45,7 +45,9 @@ def summary_text(table: pd.DataFrame, effects: pd.DataFrame, title: str, confide
         f"mean CLIP score: clean {units['score_clean'].mean():.2f}, corrupted {units['score_corrupted'].mean():.2f}",
     ]
     level = f"{100 * confidence:g}"
-    for group, name in (("unet", "UNet states"), ("text_encoder", "text-encoder states (site@token role)")):
+    dit = set(effects.loc[effects["group"] == "unet", "kind"]) <= {"image", "text"}
+    denoiser = "denoiser (DiT block stream) states" if dit else "UNet states"
+    for group, name in (("unet", denoiser), ("text_encoder", "text-encoder states (site@token role)")):
         if (effects["group"] == group).any():
             lines += [f"strongest {name}: mean indirect effect [{level}% CI]", *_lines(effects, group, top)]
     return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from causal_tracing.settings import DENOISER_KINDS
+from causal_tracing.settings import DENOISER_KINDS, DIT_KINDS
 from causal_tracing.states import TOKEN_ROLES
 from localize.results import atomic_write
 
@@ -88,14 +88,22 @@ def _block_order(blocks) -> list[str]:
 
 def unet_heatmap(effects: pd.DataFrame, title: str, out_dir: Path) -> Path | None:
     """`heatmap_unet.png`: component kind (rows) x block (columns, execution order), the strongest effect among
-    the block's components of that kind (blank where the block has none); `effects.parquet` has each one."""
+    the block's components of that kind (blank where the block has none); `effects.parquet` has each one. For a
+    DiT: stream (rows: image, text) x block (columns, execution order: dual-stream, then single-stream)."""
     unet = effects[effects["group"] == "unet"]
     if unet.empty:
         return None
     kinds = [kind for kind in DENOISER_KINDS if kind in set(unet["kind"])]
-    grid = (unet.pivot_table(index="kind", columns="location", values="effect", aggfunc="max")
-            .reindex(index=kinds, columns=_block_order(unet["location"])))
-    figure = Figure(figsize=(1.2 + 0.9 * grid.shape[1], 1.6 + 0.5 * len(kinds)))
+    if set(kinds) <= set(DIT_KINDS):
+        grid = unet.pivot_table(index="kind", columns="layer", values="effect", aggfunc="max").reindex(index=kinds)
+        width = 1.2 + 0.25 * grid.shape[1]
+        labels = ("block (dual-stream, then single-stream)", "stream")
+    else:
+        grid = (unet.pivot_table(index="kind", columns="location", values="effect", aggfunc="max")
+                .reindex(index=kinds, columns=_block_order(unet["location"])))
+        width = 1.2 + 0.9 * grid.shape[1]
+        labels = ("UNet block", "component")
+    figure = Figure(figsize=(width, 1.6 + 0.5 * len(kinds)))
     _panel(figure, figure.add_subplot(), grid, f"{title}\n(strongest component of each kind in each block)",
-           "UNet block", "component")
+           *labels)
     return _save(figure, out_dir / "heatmap_unet.png")
