@@ -28,10 +28,21 @@ def text_contexts(model: Model, prompts: Sequence[str]) -> torch.Tensor:
 
 
 def encode_contexts(model: Model, prompts: Sequence[str]) -> torch.Tensor:
-    """`text_contexts` under the caller's grad mode (for optimizing through the text encoder)."""
+    """`text_contexts` under the caller's grad mode (for optimizing through the text encoder). A DiT's: the text
+    its `context_embedder` reads."""
     conditioning = model.spec.encode(model.pipeline, list(prompts), image_size(model, None, None))
+    if model.spec.denoiser != "unet":
+        return conditioning["encoder_hidden_states"]
     return model.unet.process_encoder_hidden_states(conditioning["encoder_hidden_states"],
                                                     conditioning.get("added_cond_kwargs", {}))
+
+
+@torch.no_grad()
+def text_pooled(model: Model, prompts: Sequence[str]) -> torch.Tensor:
+    """A DiT's pooled text feature per prompt (N x features): what `time_text_embed.text_embedder` reads."""
+    if model.spec.denoiser == "unet":
+        raise ValueError(f"the {model.family} family conditions on no pooled text feature of this kind")
+    return model.spec.encode(model.pipeline, list(prompts), image_size(model, None, None))["pooled_projections"]
 
 
 @torch.no_grad()

@@ -15,7 +15,8 @@ import torch
 from localize.model import Model
 from locoedit.cross_attention import Rows, pair_prompts, pair_rows, solve_projections
 from locoedit.edits import WeightUpdate
-from locoedit.params import MODERATIONS, PRESERVE_TOKENS, UCE_MODES, check_strength
+from locoedit.input_projections import INPUT_PROJECTIONS, uce_input_projections
+from locoedit.params import BIAS_COUNTS, CONCEPT_TOKENS, MODERATIONS, PRESERVE_TOKENS, UCE_MODES, check_strength
 from locoedit.prompts import TIME_TEMPLATES, as_list, augmented_pairs, check_choice, check_lam, preserved_prompts
 
 
@@ -128,8 +129,8 @@ def joined(parts: Sequence[Rows]) -> Rows:
 def uce(model: Model, concepts: str | Sequence[str], guides: str | Sequence[str] = "", mode: str = "erase",
         strength: float = 1.0, preserve: Sequence[str] = (), preserve_scale: float | None = None,
         lam: float = 0.5, templates: Sequence[str] = (), layers: Sequence[int] | None = None,
-        preserve_tokens: str = "all", preserve_empty: bool = True, moderation: str = "authors"
-        ) -> dict[str, WeightUpdate]:
+        preserve_tokens: str = "all", preserve_empty: bool = True, moderation: str = "authors",
+        concept_tokens: str = "final", bias: str = "once") -> dict[str, WeightUpdate]:
     """UCE on every cross-attention layer (or `layers`): each concept's last word and end span projects like its
     guide's (one guide for all, or one per concept; "" maps to the empty prompt), while the preserved prompts
     keep their projections. Many concepts go in one solve.
@@ -141,13 +142,46 @@ def uce(model: Model, concepts: str | Sequence[str], guides: str | Sequence[str]
 
     `erase` maps fully onto the guide. `moderate` (0 < strength < 1): `moderation="authors"` is the authors'
     moderation, a full erase onto the guide whose terms weigh `strength` (their `erase_scale`) in the solve;
-    `"partial"` is this lab's alternative, targets moved the fraction `strength` of the way at full weight."""
+    `"partial"` is this lab's alternative, targets moved the fraction `strength` of the way at full weight.
+
+    On a DiT (FLUX, SD3) UCE edits the text input projections instead (`locoedit.input_projections`, as the
+    authors' FLUX code does), with the same concepts, preservation and moderation; there `concept_tokens="last"`
+    (the concept's last word only) and `bias="twice"` are the authors' FLUX conventions (this lab's: `final`,
+    `once`)."""
     check_lam(lam)
     check_choice("UCE mode", mode, UCE_MODES)
     check_choice("moderation", moderation, MODERATIONS)
+    check_choice("concept_tokens", concept_tokens, CONCEPT_TOKENS)
+    check_choice("bias", bias, BIAS_COUNTS)
     check_strength(mode, strength)
+    if model.spec.denoiser != "unet":
+        return _uce_dit(model, concepts, guides, strength, preserve, preserve_scale, lam, templates, layers,
+                        preserve_tokens, preserve_empty, moderation, concept_tokens, bias)
+    if concept_tokens != "final" or bias != "once":
+        raise ValueError("concept_tokens and bias choose a DiT's UCE conventions (its input projections); a UNet's "
+                         "UCE pairs the last word and end span and excludes the bias")
     src, rows = uce_rows(model, concepts, guides, strength, moderation, templates)
     kept = uce_kept(preserve, src, preserve_empty)
     if preserve_scale is None:
         preserve_scale = uce_preserve_scale(len(kept)) if kept else 0.0
     return solve_projections(model, layers, rows, lam, preserved_rows(model, kept, preserve_tokens), preserve_scale)
+
+
+def _uce_dit(model: Model, concepts, guides, strength: float, preserve, preserve_scale, lam: float, templates,
+             layers, preserve_tokens: str, preserve_empty: bool, moderation: str, concept_tokens: str,
+             bias: str) -> dict[str, WeightUpdate]:
+    """UCE on a DiT's text input projections (`locoedit.input_projections`): the same concepts, guides,
+    preservation and moderation as on a UNet; `layers` does not apply."""
+    if layers is not None:
+        raise ValueError(f"layers={list(layers)}: UCE on the {model.family} family edits its text input "
+                         f"projections ({', '.join(INPUT_PROJECTIONS.values())}), not layers; leave layers unset")
+    if moderation == "partial" and strength != 1.0:
+        raise ValueError("moderation='partial' is a UNet option; a DiT's UCE moderates as the authors do")
+    concepts = as_list(concepts, "concepts")
+    guides = [guides] * len(concepts) if isinstance(guides, str) else list(guides)
+    src, dst = augmented_pairs(concepts, guides, templates, ("concept", "guide"))
+    kept = uce_kept(preserve, src, preserve_empty)
+    if preserve_scale is None:
+        preserve_scale = uce_preserve_scale(len(kept)) if kept else 0.0
+    return uce_input_projections(model, src, dst, kept, lam, preserve_scale, concept_tokens, preserve_tokens, bias,
+                                 root=strength ** 0.5)

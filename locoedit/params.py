@@ -23,12 +23,14 @@ PRESERVE_TOKENS = ("all", "final")  # `pair_prompts` alignments of preserved pro
 MODERATIONS = ("authors", "partial")
 SEARCHES = ("bracket", "authors")
 BIAS_COUNTS = ("once", "twice")
+CONCEPT_TOKENS = ("final", "last")  # a DiT's UCE keys: last word and end span (this lab's), last word (authors')
 REFACT_OBJECTIVES = ("contrastive", "conditioning")
 SHIFT_SITES = ("subject", "update")
 COVARIANCE_TOKENS = ("all", "attended")
+# parameter name -> valid values, in every method taking it
 CHOICES = {"alignment": ALIGNMENTS, "preserve_tokens": PRESERVE_TOKENS, "moderation": MODERATIONS,
            "search": SEARCHES, "bias": BIAS_COUNTS, "objective": REFACT_OBJECTIVES, "shift_at": SHIFT_SITES,
-           "covariance_tokens": COVARIANCE_TOKENS}  # parameter name -> valid values, in every method taking it
+           "covariance_tokens": COVARIANCE_TOKENS, "concept_tokens": CONCEPT_TOKENS}
 
 FUNCTIONS = {  # method (uce: per mode) -> (module of this package, function name)
     "time": ("methods", "time"),

@@ -155,3 +155,45 @@ def test_locogen_windows_of_dual_blocks_match_the_one_window_loop(family, tiny_m
     _, _, batched = batched_window_scores(model, scorer, [unit], settings)
     assert len(batched[0]) == len(model.cross_attention_layers) - 10 + 1
     assert batched[0] == pytest.approx(serial_window_scores(model, scorer, unit, settings), abs=1e-3)
+
+
+def test_uce_on_flux_is_the_authors_closed_form_on_its_input_projections(tiny_models):
+    """Against the authors' `uce_flux_edit.py` formula written out here: W' = (lam W + sum v* c^T)(lam I +
+    sum c c^T)^-1, c = T5's state at the concept's last word (their attention-mask index) or the pooled CLIP
+    feature, v* = the original module applied to the guide's (bias included: their convention, `bias="twice"`)."""
+    from locoedit import edit
+
+    flux = tiny_models("flux")
+    concepts, guides, lam = ["a photo of a cat", "an apple"], ["a photo of a dog", "a pear"], 0.5
+    result = edit(flux, "uce", concepts=concepts, guides=guides, lam=lam, preserve_empty=False,
+                  concept_tokens="last", bias="twice")
+    pipe, transformer = flux.pipeline, flux.denoiser
+    embeds, pooled = {}, {}
+    for prompt in concepts + guides:
+        states, pool, _ = pipe.encode_prompt(prompt, None, max_sequence_length=512)
+        last = pipe.tokenizer_2(prompt, padding="max_length", max_length=512, return_tensors="pt")["attention_mask"]
+        embeds[prompt], pooled[prompt] = states[0, last.sum() - 2].double(), pool[0].double()
+    for path, table in (("context_embedder", embeds), ("time_text_embed.text_embedder.linear_1", pooled)):
+        module = transformer.get_submodule(path)
+        weight, bias = module.weight.double(), module.bias.double()
+        mat1, mat2 = lam * weight, lam * torch.eye(weight.shape[1], dtype=torch.float64)
+        for concept, guide in zip(concepts, guides, strict=True):
+            c, v = table[concept], weight @ table[guide] + bias
+            mat1, mat2 = mat1 + torch.outer(v, c), mat2 + torch.outer(c, c)
+        expected = mat1 @ torch.linalg.inv(mat2)
+        got = result.updates[f"transformer.{path}.weight"].edited(module.weight.double())
+        assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_uce_on_a_dit_changes_the_concept_and_reverts_bit_exactly(tiny_models):
+    from locoedit import edit
+
+    flux = tiny_models("flux")
+    before = generate(flux, ["a photo of a cat"], [0], steps=2)
+    state = {k: v.clone() for k, v in flux.denoiser.state_dict().items()}
+    result = edit(flux, "uce", concepts=["a photo of a cat"], guides=["a photo of a dog"], preserve=["a tree"])
+    with result.applied(flux):
+        assert (generate(flux, ["a photo of a cat"], [0], steps=2) - before).abs().max() > 1e-3
+    assert all(torch.equal(v, state[k]) for k, v in flux.denoiser.state_dict().items())
+    with pytest.raises(ValueError, match="edits its text input projections.*leave layers unset"):
+        edit(flux, "uce", concepts=["a photo of a cat"], layers=[0])
