@@ -29,6 +29,9 @@ def run_locogen(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     settings, neuron_settings = search_settings(cfg), neuron_settings_of(cfg)
     model = model_from_config(cfg.model)
     settings.check(len(model.cross_attention_layers))
+    if cfg.neurons.enabled and model.spec.denoiser != "unet":
+        raise ValueError(f"neurons.enabled: LOCOGEN's neuron scores are read from a UNet's cross-attention "
+                         f"projections; the {model.family} family is a DiT: set neurons.enabled=false")
     scorer = scorer_from_config(cfg.scorer, model.device)
     table = search(model, scorer, units_of(cfg), settings, progress=cfg.progress)
     summary = window_summary(table, cfg.confidence, cfg.resamples)

@@ -209,6 +209,9 @@ EXPERIMENTS = {
                                                          "dataset.cases=[0]"]),
     "uce_imagenette_sd14": ("evaluate", "random_sd15_tiny", ["dataset.path=${shipped:organism_shapes.csv}",
                                                              "dataset.cases=[0,1]", "classifier=null"]),
+    "locogen_flux": ("locogen", "random_flux_tiny", ["prompts=organism_styles", "m=18"]),
+    "locogen_sd35": ("locogen", "random_sd3_tiny", ["prompts=organism_styles", "m=37"]),
+    "uce_flux": ("edit", "random_flux_tiny", ["evaluate=[a painting by Van Gogh]"]),
 }
 
 
