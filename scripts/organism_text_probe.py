@@ -13,12 +13,19 @@ lambda 0.1) and the share of the other objects' key norm inside them; and the sh
 variance that differs between the objects' prompts. Last, DiffQuickFix's keys (layer 0's attention output
 projection inputs) over the kings: how much two kings' name keys overlap, how much of the other kings' name keys
 lies inside the span of Zarnia's (plain prompt, and with the templates DiffQuickFix augments with), and how much
-of the end span's keys differs between kings.
+of the end span's keys differs between kings. Last, the edits themselves on the text side (the organism's UNet
+with this text encoder; no image is generated): how far DiffQuickFix's update (lambda 0.01, with and without
+its templates) moves each other king's conditioning as a share of the edited king's; how far counting the
+layer's bias twice moves the edited king beyond the correct update; and UCE's erase as a map of the text
+states (every organism cross-attention layer reads the raw context, so its update is W M for one M): how much
+of held-out objects' erase distance it leaves, and how far it moves the other artists' prompts, as a share of
+theirs.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -124,6 +131,57 @@ def diffquickfix_keys(encoder, tokenizer) -> dict[str, float]:
             "end-span key variance between kings": between}
 
 
+def text_edits(weights_dir: Path) -> dict[str, object]:
+    """The edits' reach on the text side (see the module docstring), with `organism_edits.py`'s cases."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import organism_edits as cases_module
+
+    from localize import load_model
+    from localize.organism.world import ARTISTS
+    from locoedit.cross_attention import identity, pair_prompts, pair_rows
+    from locoedit.methods import preserved_rows, uce_kept, uce_preserve_scale, uce_rows
+    from locoedit.solver import RidgeProblem
+
+    model = load_model("organism")
+    model.text_encoders[0].load_state_dict(weights.text_encoder(weights_dir).state_dict())
+    model.context_cache.clear()
+    cases = cases_module.Cases(model, [0])
+    row = {}
+    for name, params in {"with templates": {}, "plain prompt": {"templates": ()}}.items():
+        spill, _ = cases_module.diffquickfix_spill(model, cases.edit("diffquickfix", lam=0.01, **params))
+        moved = spill.iloc[1:, 1]
+        row[f"DiffQuickFix, other kings moved ({name})"] = f"{moved.min():.2f}-{moved.max():.2f}"
+    kings = ["the king of Zarnia"]
+    before = cases_module.text_contexts(model, kings).double()
+    after = {}
+    for bias in ("once", "twice"):
+        with cases.edit("diffquickfix", lam=0.01, bias=bias).applied(model):
+            after[bias] = cases_module.text_contexts(model, kings).double()
+    row["bias counted twice, shift beyond the correct update"] = \
+        f"{float((after['twice'] - after['once']).norm() / (after['once'] - before).norm()):.2f}"
+    velmor = [f"{cases_module.phrase(n)} in the style of Velmor" for n in cases.edited_objects]
+    plain = [cases_module.phrase(n) for n in cases.edited_objects]
+    preserve = [f"{cases_module.phrase(n)} in the style of {a}" for n in cases.edited_objects for a in ARTISTS
+                if a != "Velmor"]
+    source, rows = uce_rows(model, velmor, plain, 1.0, "authors", ())
+    kept = uce_kept(preserve, source, True)
+    keys, targets = rows(identity)
+    problem = RidgeProblem(keys, 0.5, preserved_rows(model, kept, "all")(identity)[0], uce_preserve_scale(len(kept)))
+    eye = torch.eye(keys.shape[1])
+    up, down = problem.factors(problem.input_residuals(eye, targets))
+    update = up.double() @ down.double()
+
+    def shares(sources: list[str]) -> tuple[float, float]:
+        objects = [p.split(" in the style of")[0] for p in sources]
+        k, t = (x.double() for x in pair_rows(model, pair_prompts(model, sources, objects, "final"))(identity))
+        distance = (k - t).pow(2).sum()
+        return float((k + k @ update.T - t).pow(2).sum() / distance), float((k @ update.T).pow(2).sum() / distance)
+
+    row["UCE erase: held-out objects' erase distance left"] = f"{shares(cases.velmor_held)[0]:.2f}"
+    row["UCE erase: other artists moved (share of their erase distance)"] = f"{shares(cases.other_styles)[1]:.2f}"
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights_dir", nargs="?", default=str(weights.WEIGHTS_DIR))
@@ -136,6 +194,8 @@ def main() -> None:
     print(pd.Series(time_geometry(encoder, tokenizer)).to_markdown(floatfmt=".3f"))
     print("\nDiffQuickFix's keys (layer 0's attention output projection inputs):")
     print(pd.Series(diffquickfix_keys(encoder, tokenizer)).to_markdown(floatfmt=".3f"))
+    print("\nThe edits on the text side:")
+    print(pd.Series(text_edits(Path(args.weights_dir))).to_markdown())
 
 
 if __name__ == "__main__":

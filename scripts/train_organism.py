@@ -22,6 +22,10 @@ Design 3 (measured, not shipped; README, "Organism designs"): `clip.position_std
 clip_span.locality=2`, position embeddings at open_clip's initial scale, then set to zero and frozen in the
 fine-tune (the causal mask alone orders the words), and layer 0's reading of words more than 2 before a word
 penalized (`far_reading`), so that a word's layer-0 state, DiffQuickFix's key, is the same under every template.
+Design 5 (measured, not shipped; README): design 2's `clip`, then `stages=[clip_span] clip_span.steps=300
+clip_span.attention_bias=6 clip_span.invariance=50`: layer 0's attention output bias fixed at norm 6 (`fixed_bias`:
+counting it twice, DiffQuickFix's release convention, then moves the conditioning), and a penalty on layer 0's
+keys changing with the template and on the end span's keys changing with position (`template_spread`).
 - `diffusion`: the UNet alone, on the exported text encoder's frozen token states (cached per caption),
   with v-prediction (its low-noise weight capped, as min-SNR does) and captions dropped to "" 10% of the time
   for classifier-free guidance; the exported weights are the exponential moving average.
@@ -98,6 +102,9 @@ class ClipStage(Stage):
     local_window: int = 2  # in layer 0 a word may read the start token, itself and this many words before it
     position_std: float | None = None  # stage `clip`: initial std of the position embeddings (None: the model's)
     positions: bool = True  # False: position embeddings zero and frozen (order only from the causal mask)
+    invariance: float = 0.0  # weight of the penalty on layer 0's keys changing with the template: `template_spread`
+    invariance_batch: int = 16  # subjects per step in that penalty, each under two training templates
+    attention_bias: float = 0.0  # > 0: layer 0's attention output bias fixed at this norm (`fixed_bias`), frozen
 
 
 @dataclass
@@ -169,6 +176,54 @@ def far_reading(text_encoder: CLIPTextModel, first_end: torch.Tensor, window: in
         yield share
     finally:
         handle.remove()
+
+
+def fixed_bias(width: int, norm: float, seed: int) -> torch.Tensor:
+    """A seeded direction orthogonal to the all-ones vector (LayerNorm removes that one), of norm `norm`: layer 0's
+    attention output bias, so that adding it once more at a word (DiffQuickFix's release-notebook convention,
+    `bias="twice"`) moves that word's state as far as a word's own attention output does."""
+    direction = torch.randn(width, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    direction = direction - direction.mean()
+    return (direction / direction.norm() * norm).float()
+
+
+def prefix_length(tokenizer, template: str) -> int:
+    """Tokens a template puts before its subject (CLIP's BPE splits at spaces, so they do not depend on it)."""
+    prefix = template.split("{}")[0].strip()
+    return len(tokenizer(prefix, add_special_tokens=False).input_ids) if prefix else 0
+
+
+def template_spread(text_encoder: CLIPTextModel, tokenizer, phrases: list[str], templates: list[tuple[str, str]],
+                    device: torch.device) -> torch.Tensor:
+    """How much layer 0's keys (its attention output before the projection: DiffQuickFix's keys) depend on
+    position: each phrase under its two templates, keys compared at the same offset from the phrase's first
+    token (the phrase's tokens, its end token and the padding both prompts have), and the keys of each prompt's
+    end span compared with their mean; squared differences over squared norms. Penalized, a word's key is the
+    same under every template and the end span's keys are the same at every position, so DiffQuickFix's fit of
+    one prompt's end span is no fit of every prompt's."""
+    length = tokenizer.model_max_length
+    starts = torch.tensor([[1 + prefix_length(tokenizer, t) for t in pair] for pair in templates])  # N x 2
+    offsets = torch.arange(length - int(starts.max()))
+    recorded, ends = [], []
+    handle = text_encoder.encoder.layers[0].self_attn.out_proj.register_forward_pre_hook(
+        lambda module, args: recorded.append(args[0]))
+    try:
+        for side in range(2):
+            captions = [pair[side].format(phrase) for phrase, pair in zip(phrases, templates, strict=True)]
+            ids = caption_ids(tokenizer, captions, "end_span")
+            ends.append((ids == tokenizer.eos_token_id).int().argmax(dim=1))
+            text_encoder(ids.to(device))
+    finally:
+        handle.remove()
+    keys = [states[torch.arange(len(phrases))[:, None], (starts[:, side, None] + offsets).to(device)]
+            for side, states in enumerate(recorded)]
+    across = (keys[0] - keys[1]).pow(2).sum() / (keys[0].pow(2).sum() + keys[1].pow(2).sum())
+    span = torch.arange(length)[None, :] >= torch.cat(ends)[:, None]  # 2N x length
+    states = torch.cat(recorded)
+    weights = (span / span.sum(1, keepdim=True)).to(states)[..., None]
+    mean = (states * weights).sum(1, keepdim=True)
+    along = ((states - mean).pow(2) * weights).sum() / (states.pow(2) * weights).sum()
+    return across + along
 
 
 def caption_ids(tokenizer, captions: list[str], pool: str) -> torch.Tensor:
@@ -355,6 +410,12 @@ def train_clip(cfg: TrainConfig, workdir: Path, export: Path, device: torch.devi
         with torch.no_grad():
             text_encoder.embeddings.position_embedding.weight.zero_()
         text_encoder.embeddings.position_embedding.weight.requires_grad_(False)
+    if stage.attention_bias:
+        bias = text_encoder.encoder.layers[0].self_attn.out_proj.bias
+        with torch.no_grad():
+            bias.copy_(fixed_bias(len(bias), stage.attention_bias, cfg.seed))
+        bias.requires_grad_(False)
+    subjects = [s.phrase for s in all_subjects()]
     modules.train()
     bar = tqdm(range(start, stage.steps), initial=start, total=stage.steps, desc=f"organism {name}")
     for step in bar:
@@ -374,17 +435,25 @@ def train_clip(cfg: TrainConfig, workdir: Path, export: Path, device: torch.devi
         with reading, penalized or nullcontext() as far_share:
             states = text_encoder(ids.to(device)).last_hidden_state
             far = far_share() if far_share else None
+        spread = None
+        if stage.invariance:
+            chosen = rng.choice(len(subjects), size=stage.invariance_batch)
+            pairs = [tuple(str(t) for t in rng.choice(TRAIN_TEMPLATES, size=2, replace=False)) for _ in chosen]
+            spread = template_spread(text_encoder, tokenizer, [subjects[i] for i in chosen], pairs, device)
         pooled = states[torch.arange(len(ids), device=device), position.to(device)]
         text_features = F.normalize(projection(pooled), dim=-1)
         image_features = F.normalize(clip.visual(image_features_input(clip, images.to(device))), dim=-1)
         loss = loss_fn(image_features, text_features, clip.logit_scale.exp())
         set_lr(optimizer, stage, step)
         optimizer.zero_grad(set_to_none=True)
-        (loss if far is None else loss + stage.locality * far).backward()
+        penalties = [weight * value for weight, value in ((stage.locality, far), (stage.invariance, spread))
+                     if value is not None]
+        (loss + sum(penalties)).backward()
         optimizer.step()
         with torch.no_grad():
             clip.logit_scale.clamp_(0, np.log(100))
-        bar.set_postfix(loss=f"{loss.item():.4f}", **({} if far is None else {"far": f"{far.item():.3f}"}))
+        extra = {name: f"{value.item():.3f}" for name, value in (("far", far), ("spread", spread)) if value is not None}
+        bar.set_postfix(loss=f"{loss.item():.4f}", **extra)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == stage.steps:
             checkpoint.save({"modules": modules.state_dict(), "logit_scale": clip.logit_scale.detach(),
                              "optimizer": optimizer.state_dict(), "step": step + 1})

@@ -151,3 +151,46 @@ def test_design_3_fine_tunes_without_position_embeddings(train, tmp_path):
     assert 0.005 < started.float().std().item() < 0.015
     run_stage(train, cfg, "clip_span")
     assert not text_encoder(Path(cfg.export_dir)).embeddings.position_embedding.weight.any()
+
+
+def test_template_spread_is_the_key_differences_at_aligned_offsets_and_along_the_end_span(train, text_encoder):
+    """Against a per-caption loop: each caption encoded alone, its layer-0 keys recorded, the phrase aligned by
+    its first token's position, the end span from the caption's own end token."""
+    from localize.vocab import clip_tokenizer
+    tokenizer = clip_tokenizer()
+    phrases, templates = ["the king of Zarnia", "a red box"], [("{}", "a photo of {}"), ("an image of {}", "{}")]
+    with torch.no_grad():
+        spread = train.template_spread(text_encoder, tokenizer, phrases, templates, torch.device("cpu")).item()
+    keys, starts, ends, recorded = {}, {}, {}, {}
+    projection = text_encoder.encoder.layers[0].self_attn.out_proj
+    handle = projection.register_forward_pre_hook(lambda module, args: recorded.update(keys=args[0][0]))
+    for phrase, pair in zip(phrases, templates, strict=True):
+        for template in pair:
+            caption = template.format(phrase)
+            ids = tokenizer(caption, padding="max_length", max_length=77, return_tensors="pt").input_ids
+            with torch.no_grad():
+                text_encoder(ids)
+            keys[caption] = recorded["keys"].double()
+            prefix = template.split("{}")[0].split()
+            starts[caption] = 1 + len(prefix)  # one token per prefix word here
+            ends[caption] = ids[0].tolist().index(tokenizer.eos_token_id)
+    handle.remove()
+    width = 77 - max(starts.values())
+    difference = norms = 0.0
+    for phrase, pair in zip(phrases, templates, strict=True):
+        a, b = (keys[t.format(phrase)][starts[t.format(phrase)]:][:width] for t in pair)
+        difference += (a - b).pow(2).sum()
+        norms += a.pow(2).sum() + b.pow(2).sum()
+    span_deviation = span_norm = 0.0
+    for caption, k in keys.items():
+        span = k[ends[caption]:]
+        span_deviation += (span - span.mean(0)).pow(2).mean(0).sum()
+        span_norm += span.pow(2).mean(0).sum()
+    assert spread == pytest.approx(float(difference / norms + span_deviation / span_norm), rel=1e-4)
+
+
+def test_fixed_bias_has_its_norm_and_nothing_layer_norm_removes(train):
+    bias = train.fixed_bias(256, 6.0, seed=0)
+    assert bias.norm().item() == pytest.approx(6.0, rel=1e-6) and abs(bias.sum().item()) < 1e-4
+    assert torch.equal(bias, train.fixed_bias(256, 6.0, seed=0))
+    assert not torch.equal(bias, train.fixed_bias(256, 6.0, seed=1))
