@@ -15,7 +15,7 @@ reproduces the pipeline's output.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,18 +28,19 @@ from localize.model import Model
 
 @dataclass
 class Denoising:
-    """One generation's latent layout. `latents` start as seeded noise; `extra` holds the denoiser inputs that
-    depend on the layout only (FLUX's position ids)."""
+    """One generation of `size` = (height, width) pixels: its latent layout and schedule. `extra` holds the
+    denoiser inputs that depend on the layout only (FLUX's image position ids, set by `initial`)."""
 
     model: Model
     size: tuple[int, int]
-    extra: dict
+    extra: dict = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
         return self.model.spec.denoiser
 
     def initial(self, generators: list[torch.Generator], scheduler) -> torch.Tensor:
+        """Seeded initial latents, one row per generator, in the denoiser's layout (FLUX's packed sequence)."""
         model, n = self.model, len(generators)
         device, dtype = model.device, model.dtype
         height, width = self.latent_side()

@@ -93,7 +93,7 @@ def generate(
     cfg = guidance > 1.0 and not spec.guidance_distilled
     check_branches(model, patches)
     generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
-    denoising = Denoising(model, size, {})
+    denoising = Denoising(model, size)
     denoising.set_timesteps(scheduler, steps)
     latents = denoising.initial(generators, scheduler)
 
