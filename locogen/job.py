@@ -31,6 +31,7 @@ class NeuronsConfig:
 class LocogenJob(PromptJobConfig):
     m: int = 2
     objective: str | None = None  # lower | raise; None: raise for facts, lower otherwise
+    blocks: str = "dual"  # a DiT's window blocks: dual-stream, or FLUX's single-stream (their text slice)
     neurons: NeuronsConfig = field(default_factory=NeuronsConfig)
 
 

@@ -22,7 +22,7 @@ from localize.model import Model
 from localize.scoring import ClipScorer
 from localize.tokens import token_ids
 from locogen.settings import SearchSettings, Unit
-from locogen.windows import cross_attention_context, window_patches, window_replace_patches, windows
+from locogen.windows import cross_attention_context, window_layers, window_patches, window_replace_patches, windows
 
 
 def _check_units(model: Model, units: Sequence[Unit]) -> None:
@@ -38,10 +38,11 @@ def batched_window_scores(
     model: Model, scorer: ClipScorer, units: Sequence[Unit], settings: SearchSettings, progress: bool = False
 ) -> tuple[list[float], list[float], list[list[float]]]:
     """Scores of each unit's altered prompt, original prompt, and original with each window altered."""
-    settings.check(len(model.cross_attention_layers))
+    layers = window_layers(model, settings.blocks)
+    settings.check(len(layers))
     _check_units(model, units)
-    all_windows = windows(len(model.cross_attention_layers), settings.m)
-    rows = [_untouched, *(_window_rows(model, window) for window in all_windows)]
+    all_windows = windows(len(layers), settings.m)
+    rows = [_untouched, *(_window_rows(model, window, settings.blocks) for window in all_windows)]
     packed = [PackedUnit(unit.altered, unit.prompt, unit.seed, unit.text, rows) for unit in units]
     altered, scores = score_packed(model, scorer, packed, settings.batch_size, settings.steps, settings.guidance,
                                    progress, desc="window rows", memory_budget=settings.memory_budget)
@@ -52,8 +53,8 @@ def _untouched(row: int, altered_row: int) -> list:
     return []
 
 
-def _window_rows(model: Model, window: tuple[int, ...]) -> RowPatches:
-    return lambda row, altered_row: window_patches(model, window, row, altered_row)
+def _window_rows(model: Model, window: tuple[int, ...], blocks: str) -> RowPatches:
+    return lambda row, altered_row: window_patches(model, window, row, altered_row, blocks)
 
 
 def serial_window_scores(model: Model, scorer: ClipScorer, unit: Unit, settings: SearchSettings) -> list[float]:
@@ -61,14 +62,16 @@ def serial_window_scores(model: Model, scorer: ClipScorer, unit: Unit, settings:
     with the window layers' conditioning replaced (conditional half). A DiT's window blocks read a text stream
     that changes with the image and step, so there each window is one generation of [altered, original] with
     the original row's window blocks restored from the altered row."""
-    settings.check(len(model.cross_attention_layers))
+    layers = window_layers(model, settings.blocks)
+    settings.check(len(layers))
     dit = model.spec.denoiser != "unet"
     context = None if dit else cross_attention_context(model, unit.altered)
     scores = []
-    for window in windows(len(model.cross_attention_layers), settings.m):
+    for window in windows(len(layers), settings.m):
         if dit:
+            patches = window_patches(model, window, 1, 0, settings.blocks)
             images = generate(model, [unit.altered, unit.prompt], [unit.seed] * 2, steps=settings.steps,
-                              guidance=settings.guidance, patches=window_patches(model, window, 1, 0))[1:]
+                              guidance=settings.guidance, patches=patches)[1:]
         else:
             images = generate(model, [unit.prompt], [unit.seed], steps=settings.steps, guidance=settings.guidance,
                               patches=window_replace_patches(window, context))
@@ -84,7 +87,8 @@ def search(
     `score_original` and `score_altered`; `effect` = how far the window moves the score in the objective's
     direction from the original (positive = towards the altered prompt)."""
     altered, original, window_scores = batched_window_scores(model, scorer, units, settings, progress)
-    all_windows = windows(len(model.cross_attention_layers), settings.m)
+    layers = window_layers(model, settings.blocks)
+    all_windows = windows(len(layers), settings.m)
     sign = -1.0 if settings.objective == "lower" else 1.0
     rows = []
     for unit, a, o, scores in zip(units, altered, original, window_scores, strict=True):
@@ -92,7 +96,7 @@ def search(
             rows.append({
                 "prompt": unit.prompt, "altered": unit.altered, "text": unit.text, "seed": unit.seed,
                 "window": window[0], "layers": list(window),
-                "names": [model.cross_attention_layers[k].name for k in window],
+                "names": [layers[k] for k in window],
                 "score": score, "score_original": o, "score_altered": a, "effect": sign * (score - o),
             })
     return pd.DataFrame(rows)

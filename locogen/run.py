@@ -22,13 +22,14 @@ from locogen.job import neuron_settings_of, objective_of, search_settings, units
 from locogen.layer_search import search
 from locogen.neurons import ablation_curve, score_neurons
 from locogen.settings import NeuronSettings
+from locogen.windows import window_layers
 
 
 def run_locogen(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     objective = objective_of(cfg)
     settings, neuron_settings = search_settings(cfg), neuron_settings_of(cfg)
     model = model_from_config(cfg.model)
-    settings.check(len(model.cross_attention_layers))
+    settings.check(len(window_layers(model, settings.blocks)))
     if cfg.neurons.enabled and model.spec.denoiser != "unet":
         raise ValueError(f"neurons.enabled: LOCOGEN's neuron scores are read from a UNet's cross-attention "
                          f"projections; the {model.family} family is a DiT: set neurons.enabled=false")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from localize.checks import AUTO, check_batch_size, check_guidance, check_memory_budget, check_seeds, check_steps
 
 OBJECTIVES = ("lower", "raise")
+BLOCKS = ("dual", "single")  # a DiT's window blocks: dual-stream (and every UNet's layers), or FLUX's single-stream
 PROJECTIONS = ("to_k", "to_v")
 ABLATIONS = ("mean", "zero")
 
@@ -50,9 +51,12 @@ class SearchSettings:
     batch_size: int | str = AUTO  # rows per batch, or AUTO: see `localize.memory`
     memory_budget: float | None = None  # GiB for batch_size=auto (None: the device's free memory)
     objective: str = "lower"
+    blocks: str = "dual"  # `single`: windows of FLUX's single-stream blocks, their joint sequence's text slice
 
     def check(self, n_layers: int | None = None) -> None:
-        """The settings alone; with `n_layers` (the model's cross-attention layers) the window size too."""
+        """The settings alone; with `n_layers` (the model's layers the windows run over) the window size too."""
+        if self.blocks not in BLOCKS:
+            raise ValueError(f"unknown blocks {self.blocks!r}; valid: {', '.join(BLOCKS)}")
         check_window_size(self.m, n_layers)
         check_steps(self.steps)
         check_guidance(self.guidance)

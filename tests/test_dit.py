@@ -144,17 +144,30 @@ def test_trace_restores_each_blocks_streams(family, streams, tiny_models, scorer
         trace(model, scorer, [unit], TraceSettings(steps=1), unet_kinds=("resnet",))
 
 
-@pytest.mark.parametrize("family", ["flux", "sd3"])
-def test_locogen_windows_of_dual_blocks_match_the_one_window_loop(family, tiny_models, scorer):
+@pytest.mark.parametrize("family, blocks, m, windows", [
+    ("flux", "dual", 10, 19 - 10 + 1), ("sd3", "dual", 30, 38 - 30 + 1), ("flux", "single", 30, 38 - 30 + 1)])
+def test_locogen_windows_of_blocks_match_the_one_window_loop(family, blocks, m, windows, tiny_models, scorer):
     from locogen.layer_search import batched_window_scores, serial_window_scores
     from locogen.settings import SearchSettings, Unit
 
     model = tiny_models(family)
     unit = Unit("a photo of a box", "a photo of an apple", "an apple", 0)
-    settings = SearchSettings(m=10, steps=2, batch_size=4)  # a unit split across batches
+    settings = SearchSettings(m=m, steps=2, batch_size=4, blocks=blocks)  # a unit split across batches
     _, _, batched = batched_window_scores(model, scorer, [unit], settings)
-    assert len(batched[0]) == len(model.cross_attention_layers) - 10 + 1
+    assert len(batched[0]) == windows
     assert batched[0] == pytest.approx(serial_window_scores(model, scorer, unit, settings), abs=1e-3)
+
+
+def test_single_block_windows_need_single_blocks(tiny_models, scorer):
+    from locogen.layer_search import search
+    from locogen.settings import SearchSettings, Unit
+
+    unit = Unit("a photo of a box", "a photo of an apple", "an apple", 0)
+    for family in ("sd3", "sd1"):
+        with pytest.raises(ValueError, match=f"the {family} family has no single-stream blocks"):
+            search(tiny_models(family), scorer, [unit], SearchSettings(blocks="single"))
+    with pytest.raises(ValueError, match="unknown blocks 'triple'; valid: dual, single"):
+        SearchSettings(blocks="triple").check()
 
 
 def test_uce_on_flux_is_the_authors_closed_form_on_its_input_projections(tiny_models):
