@@ -17,6 +17,8 @@ BAD = [  # (job and overrides, what the error names)
     (["locogen", "m=0"], "window size m=0"),
     (["locogen", "objective=sideways"], "unknown objective 'sideways'"),
     (["locogen", "neurons.ablation=half"], "unknown ablation 'half'"),
+    (["locogen", "blocks=triple"], "unknown blocks 'triple'; valid: dual, single"),
+    (["edit", "method=uce", "+params.concept_tokens=first"], "concept_tokens"),
     (["edit", "+params.lamda=0.1"], "time takes no parameter(s) lamda"),
     (["edit", "method=tiem"], "Could not find 'method/tiem'"),
     (["edit", "steps=-1", "evaluate=[a box]"], "steps must be >= 1, got -1"),
