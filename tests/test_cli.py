@@ -34,9 +34,9 @@ def test_config_typos_and_unknown_jobs_are_errors(tmp_path):
         main(["layers", "model.famly=sd1", f"hydra.run.dir={tmp_path / 'x'}"])
     with pytest.raises(SystemExit, match="jobs: attack, demo, edit, evaluate, layers, locogen, report, trace"):
         main(["layerz"])
-    result = localize("layers", "model=random_sd15_tiny", "model.family=sd3", f"hydra.run.dir={tmp_path / 'y'}",
+    result = localize("layers", "model=random_sd15_tiny", "model.family=sd4", f"hydra.run.dir={tmp_path / 'y'}",
                       cwd=tmp_path)
-    assert result.returncode != 0 and "unknown model family 'sd3'" in result.stderr
+    assert result.returncode != 0 and "unknown model family 'sd4'" in result.stderr
 
 
 def test_layers_job_on_the_organism(tmp_path):
@@ -65,13 +65,19 @@ def test_trace_job_writes_results_effects_heatmaps_and_summary(tmp_path):
     assert "heatmap_unet.png" in (out / ".outputs").read_text().split()  # what the next run there removes first
 
 
-def test_trace_and_locogen_take_the_organisms_own_defaults_only_on_the_organism(tmp_path):
+def test_trace_and_locogen_take_the_organisms_own_defaults_only_on_the_organism(capsys):
+    from localize.cli import main
+
+    def job_config(*args: str) -> dict:  # in-process: `localize JOB ... --cfg job` prints the composed config
+        main([*args, "--cfg", "job"])
+        return yaml.safe_load(capsys.readouterr().out)
+
     for job, steps in (("trace", 6), ("locogen", 8)):
-        organism = yaml.safe_load(localize(job, "--cfg", "job", cwd=tmp_path).stdout)
+        organism = job_config(job)
         assert (organism["seeds"], organism["steps"]) == ([0, 1], steps)
-        other = yaml.safe_load(localize(job, "model=random_sd15_tiny", "--cfg", "job", cwd=tmp_path).stdout)
+        other = job_config(job, "model=random_sd15_tiny")
         assert (other["seeds"], other["steps"]) == ([0, 1, 2, 3], 25)
-        chosen = yaml.safe_load(localize(job, "seeds=[5]", "steps=3", "--cfg", "job", cwd=tmp_path).stdout)
+        chosen = job_config(job, "seeds=[5]", "steps=3")
         assert (chosen["seeds"], chosen["steps"]) == ([5], 3)
 
 

@@ -201,7 +201,7 @@ EXPERIMENTS = {
     "locogen_sd15": ("locogen", "random_sd15_tiny", ["neurons.ks=[1]", "neurons.random_draws=1"]),
     "locogen_sd21": ("locogen", "random_sd21_tiny", ["neurons.ks=[1]", "neurons.random_draws=1"]),
     "locogen_openjourney": ("locogen", "random_sd15_tiny", ["neurons.ks=[1]", "neurons.random_draws=1"]),
-    "locogen_sdxl": ("locogen", "random_sdxl_tiny", ["m=2", "neurons.enabled=false"]),
+    "locogen_sdxl": ("locogen", "random_sdxl_tiny", ["m=66", "neurons.enabled=false"]),
     "locogen_deepfloyd": ("locogen", "random_if_tiny", ["neurons.enabled=false"]),
     "trace_sd15": ("trace", "random_sd15_tiny", ["unet_kinds=[cross_attn]"]),
     "diffquickfix_sd15": ("edit", "random_sd15_tiny", ["evaluate=[a house in the style of Van Gogh]"]),
@@ -230,7 +230,11 @@ def test_each_job_runs_in_bfloat16_on_cpu(experiment, tmp_path):
     assert (out / "config.yaml").read_text().count("dtype: bf16") == 1
 
 
-@pytest.mark.parametrize("experiment", sorted(EXPERIMENTS))
+SLOW_EXPERIMENTS = {"locogen_flux", "locogen_sd35"}  # LOCOGEN on DiTs also runs in-process in test_dit.py
+
+
+@pytest.mark.parametrize("experiment", [pytest.param(e, marks=pytest.mark.slow) if e in SLOW_EXPERIMENTS else e
+                                        for e in sorted(EXPERIMENTS)])
 def test_published_experiment_runs_on_the_tiny_model_of_its_family(experiment, tmp_path):
     job, model, overrides = EXPERIMENTS[experiment]
     out = tmp_path / "run"
