@@ -16,7 +16,8 @@ Grammar (indices 0-based; cross-attention and text layers in execution order, se
                                             `transformer.context_embedder` (a module that returns one tensor)
 - `block.K.text_in` / `block.K.text` / `block.K.image`
                                             DiT dual-stream block K: the text stream entering it, and each
-                                            stream's output (SD3's last block outputs no text stream)
+                                            stream's output (SD3's last block outputs no text stream; a bare
+                                            `block.K` or `single.K` is its image stream)
 - `block.K.add_k` / `block.K.add_v`         its text stream's key / value projections' outputs
 - `single.K.text_in` / `single.K.text` / `single.K.image`
                                             FLUX single-stream block K: the text slice of its joint sequence
