@@ -4,12 +4,12 @@ text stream: T5's states for FLUX; both CLIPs' then T5's for SD3) and `time_text
 (the pooled CLIP feature). Each is solved with UCE's ridge equation, keys = what it reads for the concepts,
 targets = the same projection applied to the guides, preserved prompts kept.
 
-Rows (token positions on the conditioning's axis, the first tokenizer's: T5 for FLUX, CLIP-L for SD3, whose T5
-half is then not edited): the concepts' last word and end span paired with the guides' (`concept_tokens=
-"final"`, this lab's UCE), or the last word only (`"last"`, the authors' FLUX code); preserved prompts at every
-position (`preserve_tokens="all"`) or their last word and end span (`"final"`); the pooled projection has one row
-per prompt. Targets exclude the layer's bias (`bias="once"`); the authors' code takes the layer's outputs, bias
-included, so the edited layer adds it twice at the keys (`bias="twice"`).
+Rows (token positions on the conditioning's axis: FLUX's T5 positions; SD3's CLIP positions, then its T5
+positions after them): the concepts' last word and end span paired with the guides' (`concept_tokens=
+"final"`, this lab's UCE), or the last word only (`"last"`, the authors' FLUX code), in each segment;
+preserved prompts at every position (`preserve_tokens="all"`) or their last word and end span (`"final"`); the
+pooled projection has one row per prompt. Targets exclude the layer's bias (`bias="once"`); the authors' code
+takes the layer's outputs, bias included, so the edited layer adds it twice at the keys (`bias="twice"`).
 """
 
 from __future__ import annotations
@@ -20,20 +20,38 @@ import torch
 
 from localize.conditioning import text_contexts, text_pooled
 from localize.model import Model
-from localize.tokens import last_subject_token
-from locoedit.cross_attention import PromptPair, identity, pair_prompts, pair_rows
+from localize.tokens import final_span, last_subject_token
+from locoedit.cross_attention import PromptPair, identity, pair_rows
 from locoedit.edits import WeightUpdate
 from locoedit.solver import RidgeProblem
 
 INPUT_PROJECTIONS = {"context": "context_embedder", "pooled": "time_text_embed.text_embedder.linear_1"}
 
 
-def last_word_pairs(model: Model, sources: Sequence[str], targets: Sequence[str]) -> list[PromptPair]:
-    """Each source's last word paired with its target's (the authors' FLUX keys)."""
-    tokenizer = model.tokenizer
-    return [PromptPair(s, t, (last_subject_token(tokenizer, s, s.split()[-1]),),
-                       (last_subject_token(tokenizer, t, t.split()[-1]) if t.strip() else 0,))
-            for s, t in zip(sources, targets, strict=True)]
+def _segment_positions(tokenizer, source: str, target: str, tokens: str) -> tuple[list[int], list[int]]:
+    """Paired positions of one tokenizer's segment: the last words (`last`), or UCE's final spans (`final`)."""
+    if tokens == "final":
+        return final_span(tokenizer, source, target)
+    last = [last_subject_token(tokenizer, p, p.split()[-1]) if p.strip() else 0 for p in (source, target)]
+    return [last[0]], [last[1]]
+
+
+def context_pairs(model: Model, sources: Sequence[str], targets: Sequence[str], tokens: str) -> list[PromptPair]:
+    """Each source paired with its target on the conditioning's token axis, segment by segment: the first
+    tokenizer's positions, and for SD3 (whose context is CLIP's 77 positions, then T5's) the last tokenizer's
+    shifted past the first segment."""
+    segments = [(model.tokenizer, 0)]
+    if model.spec.context_tokens is not None:
+        segments.append((model.tokenizers[-1], model.spec.max_tokens))
+    pairs = []
+    for source, target in zip(sources, targets, strict=True):
+        src, dst = [], []
+        for tokenizer, offset in segments:
+            s, t = _segment_positions(tokenizer, source, target, tokens)
+            src += [offset + p for p in s]
+            dst += [offset + p for p in t]
+        pairs.append(PromptPair(source, target, tuple(src), tuple(dst)))
+    return pairs
 
 
 def _solve(weight: torch.Tensor, bias: torch.Tensor | None, keys: torch.Tensor, targets: torch.Tensor, lam: float,
@@ -52,17 +70,14 @@ def uce_input_projections(model: Model, concepts: Sequence[str], guides: Sequenc
                           bias: str, root: float = 1.0) -> dict[str, WeightUpdate]:
     """The updates of both input projections (addresses `transformer.<path>.weight`); `root` scales the edited
     rows (UCE's moderation weighs them by its square)."""
-    if concept_tokens == "last":
-        pairs = last_word_pairs(model, concepts, guides)
-    else:
-        pairs = pair_prompts(model, concepts, guides, "final")
-    keys, targets = (root * rows for rows in pair_rows(model, pairs)(identity))
+    keys, targets = (root * rows for rows in pair_rows(model, context_pairs(model, concepts, guides,
+                                                                             concept_tokens))(identity))
     kept = None
     if preserve:
         if preserve_tokens == "all":
             kept = text_contexts(model, list(preserve)).flatten(0, 1)
         else:
-            kept = pair_rows(model, pair_prompts(model, preserve, preserve, "final"))(identity)[0]
+            kept = pair_rows(model, context_pairs(model, preserve, preserve, "final"))(identity)[0]
     pooled = text_pooled(model, [*concepts, *guides, *preserve])
     n = len(concepts)
     pooled_rows = (root * pooled[:n], root * pooled[n:2 * n], pooled[2 * n:] if preserve else None)

@@ -208,3 +208,24 @@ def test_uce_on_a_dit_changes_the_concept_and_reverts_bit_exactly(tiny_models):
     assert all(torch.equal(v, state[k]) for k, v in flux.denoiser.state_dict().items())
     with pytest.raises(ValueError, match="edits its text input projections.*leave layers unset"):
         edit(flux, "uce", concepts=["a photo of a cat"], layers=[0])
+
+
+def test_uce_on_sd3_keys_both_segments_of_its_text_stream(tiny_models):
+    """SD3's conditioning is CLIP's 77 positions, then T5's: the concept's last word is a key in each."""
+    from locoedit import edit
+    from locoedit.input_projections import context_pairs
+
+    sd3 = tiny_models("sd3")
+    pair, = context_pairs(sd3, ["a photo of a cat"], ["a photo of a dog"], "last")
+    t5 = sd3.tokenizers[2]
+    assert pair.source_positions == (5, 77 + len(t5("a photo of a cat").input_ids) - 2)  # "cat" after the start token
+    result = edit(sd3, "uce", concepts=["a photo of a cat"], guides=["a photo of a dog"], preserve_empty=False,
+                  concept_tokens="last", lam=1e-4)
+    assert result.updates["transformer.context_embedder.weight"].rank == 2
+    prompts = ["a photo of a cat", "a photo of a dog"]
+    contexts = sd3.spec.encode(sd3.pipeline, prompts, (32, 32))["encoder_hidden_states"]
+    module = sd3.denoiser.context_embedder
+    edited = result.updates["transformer.context_embedder.weight"].edited(module.weight)
+    for source, target in zip(pair.source_positions, pair.target_positions, strict=True):  # each key now reads as
+        moved = contexts[0, source] @ edited.T  # its guide's (lambda ~ 0: fitted exactly)
+        torch.testing.assert_close(moved, contexts[1, target] @ module.weight.T, atol=1e-3, rtol=1e-3)
