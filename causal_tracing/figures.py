@@ -25,7 +25,7 @@ def _panel(figure: Figure, axes, grid: pd.DataFrame, title: str, xlabel: str, yl
     axes.set_title(title)
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
-    if values.size <= 300:
+    if values.size <= 300 and grid.shape[1] <= 24:  # numbers only where a cell is wide enough to hold one
         for (i, j), value in np.ndenumerate(values):
             if not np.isnan(value):
                 axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
@@ -98,12 +98,13 @@ def unet_heatmap(effects: pd.DataFrame, title: str, out_dir: Path) -> Path | Non
         grid = unet.pivot_table(index="kind", columns="layer", values="effect", aggfunc="max").reindex(index=kinds)
         width = 1.2 + 0.25 * grid.shape[1]
         labels = ("block (dual-stream, then single-stream)", "stream")
+        subtitle = "each block's image and text stream"
     else:
         grid = (unet.pivot_table(index="kind", columns="location", values="effect", aggfunc="max")
                 .reindex(index=kinds, columns=_block_order(unet["location"])))
         width = 1.2 + 0.9 * grid.shape[1]
         labels = ("UNet block", "component")
+        subtitle = "strongest component of each kind in each block"
     figure = Figure(figsize=(width, 1.6 + 0.5 * len(kinds)))
-    _panel(figure, figure.add_subplot(), grid, f"{title}\n(strongest component of each kind in each block)",
-           *labels)
+    _panel(figure, figure.add_subplot(), grid, f"{title}\n({subtitle})", *labels)
     return _save(figure, out_dir / "heatmap_unet.png")
