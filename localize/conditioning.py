@@ -38,14 +38,6 @@ def encode_contexts(model: Model, prompts: Sequence[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def text_pooled(model: Model, prompts: Sequence[str]) -> torch.Tensor:
-    """A DiT's pooled text feature per prompt (N x features): what `time_text_embed.text_embedder` reads."""
-    if model.spec.denoiser == "unet":
-        raise ValueError(f"the {model.family} family conditions on no pooled text feature of this kind")
-    return model.spec.encode(model.pipeline, list(prompts), image_size(model, None, None))["pooled_projections"]
-
-
-@torch.no_grad()
 def projection_inputs(layer: CrossAttentionLayer, contexts: torch.Tensor) -> torch.Tensor:
     """What `layer.key` and `layer.value` see: the context, after the layer's cross-attention norm if it has one
     (IF's added-K/V attention normalizes the text first)."""

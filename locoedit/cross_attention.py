@@ -87,16 +87,16 @@ def pair_rows(model: Model, pairs: Sequence[PromptPair]) -> Rows:
     prompts = list(dict.fromkeys([p.source for p in pairs] + [p.target for p in pairs]))
     index = {prompt: i for i, prompt in enumerate(prompts)}
     contexts = text_contexts(model, prompts)
-    source_rows = [index[p.source] for p in pairs]
-    target_rows = [index[p.target] for p in pairs]
+    return lambda transform: gather_pairs(transform(contexts), index, pairs)
 
-    def rows(transform: Transform) -> tuple[torch.Tensor, torch.Tensor]:
-        seen = transform(contexts)
-        keys = torch.cat([seen[r, list(p.source_positions)] for r, p in zip(source_rows, pairs, strict=True)])
-        targets = torch.cat([seen[r, list(p.target_positions)] for r, p in zip(target_rows, pairs, strict=True)])
-        return keys, targets
 
-    return rows
+def gather_pairs(contexts: torch.Tensor, index: dict[str, int], pairs: Sequence[PromptPair]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keys, target inputs): each pair's source and target rows of `contexts` (prompt `index[prompt]`) at its
+    positions."""
+    keys = torch.cat([contexts[index[p.source], list(p.source_positions)] for p in pairs])
+    targets = torch.cat([contexts[index[p.target], list(p.target_positions)] for p in pairs])
+    return keys, targets
 
 
 def projection_address(layer: CrossAttentionLayer, projection: torch.nn.Module) -> str:

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 
 import torch
 
-from localize.conditioning import text_contexts, text_pooled
+from localize.generation import image_size
 from localize.model import Model
 from localize.tokens import final_span, last_subject_token
-from locoedit.cross_attention import PromptPair, identity, pair_rows
+from locoedit.cross_attention import PromptPair, gather_pairs
 from locoedit.edits import WeightUpdate
 from locoedit.solver import RidgeProblem
 
@@ -69,18 +69,25 @@ def uce_input_projections(model: Model, concepts: Sequence[str], guides: Sequenc
                           lam: float, preserve_scale: float, concept_tokens: str, preserve_tokens: str,
                           bias: str, root: float = 1.0) -> dict[str, WeightUpdate]:
     """The updates of both input projections (addresses `transformer.<path>.weight`); `root` scales the edited
-    rows (UCE's moderation weighs them by its square)."""
-    keys, targets = (root * rows for rows in pair_rows(model, context_pairs(model, concepts, guides,
-                                                                             concept_tokens))(identity))
+    rows (UCE's moderation weighs them by its square). Every prompt is encoded once, in one batch: the text
+    stream and the pooled feature come from the same pass."""
+    prompts = list(dict.fromkeys([*concepts, *guides, *preserve]))
+    index = {prompt: i for i, prompt in enumerate(prompts)}
+    conditioning = model.spec.encode(model.pipeline, prompts, image_size(model, None, None))
+    contexts, pooled = conditioning["encoder_hidden_states"], conditioning["pooled_projections"]
+    keys, targets = (root * rows for rows in gather_pairs(contexts, index, context_pairs(model, concepts, guides,
+                                                                                          concept_tokens)))
     kept = None
     if preserve:
         if preserve_tokens == "all":
-            kept = text_contexts(model, list(preserve)).flatten(0, 1)
+            kept = contexts[[index[p] for p in preserve]].flatten(0, 1)
         else:
-            kept = pair_rows(model, context_pairs(model, preserve, preserve, "final"))(identity)[0]
-    pooled = text_pooled(model, [*concepts, *guides, *preserve])
-    n = len(concepts)
-    pooled_rows = (root * pooled[:n], root * pooled[n:2 * n], pooled[2 * n:] if preserve else None)
+            kept = gather_pairs(contexts, index, context_pairs(model, preserve, preserve, "final"))[0]
+
+    def rows_of(prompts: Sequence[str]) -> torch.Tensor:
+        return pooled[[index[p] for p in prompts]]
+
+    pooled_rows = (root * rows_of(concepts), root * rows_of(guides), rows_of(preserve) if preserve else None)
     transformer = model.denoiser
     updates = {}
     for path, (k, t, p) in zip(INPUT_PROJECTIONS.values(), ((keys, targets, kept), pooled_rows), strict=True):

@@ -97,14 +97,20 @@ def uce_kept(preserve: Sequence[str], edited: Sequence[str], preserve_empty: boo
     return ["", *kept] if preserve_empty and "" not in kept else kept
 
 
+def uce_pairs(concepts: str | Sequence[str], guides: str | Sequence[str], templates: Sequence[str]
+              ) -> tuple[list[str], list[str]]:
+    """The edited prompts and their guides, templated: one guide for all concepts, or one per concept."""
+    concepts = as_list(concepts, "concepts")
+    guides = [guides] * len(concepts) if isinstance(guides, str) else list(guides)
+    return augmented_pairs(concepts, guides, templates, ("concept", "guide"))
+
+
 def uce_rows(model: Model, concepts: str | Sequence[str], guides: str | Sequence[str], strength: float,
              moderation: str, templates: Sequence[str]) -> tuple[list[str], Rows]:
     """The edited prompts (templated) and their rows: each concept's last word and end span onto its guide's
     (one guide for all, or one per concept). Strength s < 1 (moderation): `authors` weighs the terms s (keys
     and targets scaled by sqrt(s)), `partial` moves the targets the fraction s of the way at full weight."""
-    concepts = as_list(concepts, "concepts")
-    guides = [guides] * len(concepts) if isinstance(guides, str) else list(guides)
-    src, dst = augmented_pairs(concepts, guides, templates, ("concept", "guide"))
+    src, dst = uce_pairs(concepts, guides, templates)
     guided = pair_rows(model, pair_prompts(model, src, dst, "final"))
     root = strength ** 0.5
 
@@ -154,34 +160,30 @@ def uce(model: Model, concepts: str | Sequence[str], guides: str | Sequence[str]
     check_choice("concept_tokens", concept_tokens, CONCEPT_TOKENS)
     check_choice("bias", bias, BIAS_COUNTS)
     check_strength(mode, strength)
-    if model.spec.denoiser != "unet":
-        return _uce_dit(model, concepts, guides, strength, preserve, preserve_scale, lam, templates, layers,
-                        preserve_tokens, preserve_empty, moderation, concept_tokens, bias)
-    if concept_tokens != "final" or bias != "once":
+    dit = model.spec.denoiser != "unet"
+    if dit:
+        check_dit_uce(model, layers, moderation, strength)
+    elif concept_tokens != "final" or bias != "once":
         raise ValueError("concept_tokens and bias choose a DiT's UCE conventions (its input projections); a UNet's "
                          "UCE pairs the last word and end span and excludes the bias")
-    src, rows = uce_rows(model, concepts, guides, strength, moderation, templates)
+    if dit:
+        src, dst = uce_pairs(concepts, guides, templates)
+    else:
+        src, rows = uce_rows(model, concepts, guides, strength, moderation, templates)
     kept = uce_kept(preserve, src, preserve_empty)
     if preserve_scale is None:
         preserve_scale = uce_preserve_scale(len(kept)) if kept else 0.0
+    if dit:
+        return uce_input_projections(model, src, dst, kept, lam, preserve_scale, concept_tokens, preserve_tokens,
+                                     bias, root=strength ** 0.5)
     return solve_projections(model, layers, rows, lam, preserved_rows(model, kept, preserve_tokens), preserve_scale)
 
 
-def _uce_dit(model: Model, concepts, guides, strength: float, preserve, preserve_scale, lam: float, templates,
-             layers, preserve_tokens: str, preserve_empty: bool, moderation: str, concept_tokens: str,
-             bias: str) -> dict[str, WeightUpdate]:
-    """UCE on a DiT's text input projections (`locoedit.input_projections`): the same concepts, guides,
-    preservation and moderation as on a UNet; `layers` does not apply."""
+def check_dit_uce(model: Model, layers, moderation: str, strength: float) -> None:
+    """UCE on a DiT edits its text input projections (`locoedit.input_projections`): `layers` does not apply, and
+    it moderates as the authors do."""
     if layers is not None:
         raise ValueError(f"layers={list(layers)}: UCE on the {model.family} family edits its text input "
                          f"projections ({', '.join(INPUT_PROJECTIONS.values())}), not layers; leave layers unset")
     if moderation == "partial" and strength != 1.0:
         raise ValueError("moderation='partial' is a UNet option; a DiT's UCE moderates as the authors do")
-    concepts = as_list(concepts, "concepts")
-    guides = [guides] * len(concepts) if isinstance(guides, str) else list(guides)
-    src, dst = augmented_pairs(concepts, guides, templates, ("concept", "guide"))
-    kept = uce_kept(preserve, src, preserve_empty)
-    if preserve_scale is None:
-        preserve_scale = uce_preserve_scale(len(kept)) if kept else 0.0
-    return uce_input_projections(model, src, dst, kept, lam, preserve_scale, concept_tokens, preserve_tokens, bias,
-                                 root=strength ** 0.5)
