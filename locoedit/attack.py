@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,25 +34,7 @@ from localize.model import Model
 from localize.patches import Patch
 from localize.scoring import ClipScorer
 from localize.tokens import token_ids
-
-
-@dataclass(frozen=True)
-class AttackSettings:
-    """`steps` Adam steps at `learning_rate` on batches of `batch` reference images (references: each concept
-    prompt at each of `train_seeds`, generated with `sample_steps` denoising steps and `guidance`)."""
-
-    steps: int = 100
-    learning_rate: float = 0.01
-    batch: int = 4
-    train_seeds: tuple[int, ...] = (0, 1, 2, 3)
-    sample_steps: int = 25
-    guidance: float = 7.5
-    seed: int = 0
-
-    def check(self) -> None:
-        if self.steps < 0 or self.batch < 1 or not self.train_seeds or not self.learning_rate > 0:
-            raise ValueError(f"attack settings need steps >= 0, batch >= 1, train_seeds and learning_rate > 0; got "
-                             f"{self}")
+from locoedit.attack_settings import AttackSettings
 
 
 def soft_positions(model: Model, concept: str, guide: str) -> list[list[int]]:

@@ -20,8 +20,8 @@ from localize.loading import model_from_config, scorer_from_config
 from localize.metrics import mean_intervals
 from localize.results import atomic_write, write_results
 from locoedit.api import edit
-from locoedit.attack import AttackSettings, SoftPrompt, generate_soft, optimize, success
-from locoedit.job import attack_pairs
+from locoedit.attack import SoftPrompt, generate_soft, optimize, success
+from locoedit.job import attack_pairs, attack_settings
 
 CONDITIONS = ("original", "edited", "attacked")
 
@@ -29,8 +29,7 @@ CONDITIONS = ("original", "edited", "attacked")
 def run_attack(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     params = OmegaConf.to_container(cfg.params, resolve=True)
     pairs = attack_pairs(cfg.method, params, cfg.attack.concepts, cfg.attack.guides)
-    settings = AttackSettings(cfg.attack.steps, cfg.attack.learning_rate, cfg.attack.batch,
-                              tuple(cfg.attack.train_seeds), cfg.steps, cfg.guidance)
+    settings = attack_settings(cfg)
     model = model_from_config(cfg.model)
     scorer = scorer_from_config(cfg.scorer, model.device) if model.spec.ground_truth is None else None
     seeds, train_seeds = list(cfg.seeds), list(settings.train_seeds)

@@ -20,12 +20,13 @@ from localize.checks import (
     check_seeds,
     check_steps,
 )
-from localize.config import ModelConfig, ScoredJobConfig, ScorerConfig
+from localize.config import ModelConfig, ScoredJobConfig, ScorerConfig, settings_from
 from localize.data import load_dataset
 from localize.jobs import Job
 from localize.nudity import check_nudity_settings
 from localize.quality import FID_URL, FID_WEIGHTS, LPIPS_URL, LPIPS_WEIGHTS, cached_weights
 from localize.stats import check_interval_settings
+from locoedit.attack_settings import AttackSettings
 from locoedit.params import check_params
 
 EDIT_FORMATS = ("timed", "road")  # one edit per case
@@ -233,10 +234,11 @@ def attack_pairs(method: str, params: dict, concepts=None, guides=None) -> list[
         return [value] if isinstance(value, str) else list(value or [])
 
     if concepts is not None:
-        concepts, guides = listed(concepts), listed(guides if guides is not None else "")
-        guides = guides * len(concepts) if len(guides) == 1 else guides
+        guides = "" if guides is None else guides
     elif method == "uce":
-        concepts, guides = listed(params.get("concepts")), listed(params.get("guides", ""))
+        concepts, guides = params.get("concepts"), params.get("guides", "")
+    if concepts is not None:  # one guide for all, or one each
+        concepts, guides = listed(concepts), listed(guides)
         guides = guides * len(concepts) if len(guides) == 1 else guides
     else:
         concepts, guides = listed(params.get("source")), listed(params.get("destination"))
@@ -247,6 +249,12 @@ def attack_pairs(method: str, params: dict, concepts=None, guides=None) -> list[
     return list(zip(concepts, guides, strict=True))
 
 
+def attack_settings(cfg: DictConfig) -> AttackSettings:
+    """The attack's settings from its config (the references drawn with the job's `steps` and `guidance`)."""
+    paths = {name: f"attack.{name}" for name in ("steps", "learning_rate", "batch", "train_seeds")}
+    return settings_from(cfg, AttackSettings, {**paths, "sample_steps": "steps"}, seed=AttackSettings.seed)
+
+
 def check_attack(cfg: DictConfig) -> None:
     check_generation(cfg.seeds, cfg.steps, cfg.guidance)
     check_interval_settings(cfg.confidence, cfg.resamples)
@@ -254,9 +262,7 @@ def check_attack(cfg: DictConfig) -> None:
     overlap = sorted(set(cfg.seeds) & set(cfg.attack.train_seeds))
     if overlap:
         raise ValueError(f"attack.train_seeds and seeds share {overlap}: success is read at held-out seeds")
-    if cfg.attack.steps < 0 or cfg.attack.batch < 1 or not cfg.attack.learning_rate > 0:
-        raise ValueError(f"attack needs steps >= 0, batch >= 1 and learning_rate > 0; got steps={cfg.attack.steps}, "
-                         f"batch={cfg.attack.batch}, learning_rate={cfg.attack.learning_rate}")
+    attack_settings(cfg).check()
     check_edit_params(cfg.method, cfg.params)
     attack_pairs(cfg.method, OmegaConf.to_container(cfg.params, resolve=True), cfg.attack.concepts, cfg.attack.guides)
 
