@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from causal_tracing.settings import DIT_KINDS, TEXT_KINDS, UNET_KINDS
-from localize.model import Model
+from localize.model import DIT_BLOCK_LISTS, Model
 from localize.tokens import token_ids
 
 TOKEN_ROLES = ("start", "before", "attribute", "attribute_last", "after", "end", "padding")
@@ -63,15 +63,9 @@ def unet_states(model: Model, kinds=None) -> list[State]:
     if model.spec.denoiser == "unet":
         return [State(f"unet.{c.name}", "unet", c.kind, c.block, c.index)
                 for c in model.unet_components if c.kind in kinds]
-    counts: dict[str, int] = {}
-    states = []
-    for c in model.unet_components:  # a DiT: its blocks, each stream a state
-        k = counts[c.kind] = counts.get(c.kind, -1) + 1
-        for stream in kinds:
-            if stream == "text" and getattr(c.module, "context_pre_only", False):
-                continue  # SD3's last block passes no text stream on
-            states.append(State(f"{c.kind}.{k}.{stream}", "unet", stream, c.block, c.index))
-    return states
+    return [State(f"{kind}.{k}.{stream}", "unet", stream, c.block, c.index)  # a DiT: each block's streams
+            for kind in DIT_BLOCK_LISTS.values() for k, c in enumerate(model.dit_blocks(kind)) for stream in kinds
+            if not (stream == "text" and getattr(c.module, "context_pre_only", False))]  # SD3's last: no text out
 
 
 def token_roles(tokenizer, prompt: str, attribute_positions: list[int], length: int) -> list[str]:

@@ -281,6 +281,11 @@ class Model:
                 self.pipeline.components[component].get_parameter(path).copy_(original)
         return self
 
+    def dit_blocks(self, kind: str) -> list[UNetComponent]:
+        """A DiT's blocks of `kind` (`block`: dual-stream, `single`), in execution order: entry K is the block
+        that sites `block.K.*` / `single.K.*` name."""
+        return [c for c in self.unet_components if c.kind == kind]
+
     def cross_attention_layer(self, index: int) -> CrossAttentionLayer:
         n = len(self.cross_attention_layers)
         if not isinstance(index, int) or not -n <= index < n:

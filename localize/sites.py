@@ -152,7 +152,7 @@ def _resolve(model: Model, name: str) -> Site:
 
 def _dit_block_site(model: Model, name: str, parts: list[str]) -> Site:
     kind = parts[0]
-    blocks = [c for c in model.unet_components if c.kind == kind]
+    blocks = model.dit_blocks(kind)
     if not blocks:
         raise ValueError(f"site {name!r}: the {model.family} family has no {kind} blocks; valid sites: "
                          f"{', '.join(DIT_SITE_PATTERNS)}")
@@ -194,7 +194,6 @@ def all_site_names(model: Model) -> list[str]:
     else:
         for kind, parts in (("block", ("text_in", "text", "image", "add_k", "add_v")),
                             ("single", ("text_in", "text", "image"))):
-            blocks = [c for c in model.unet_components if c.kind == kind]
-            names += [f"{kind}.{i}.{part}" for i in range(len(blocks)) for part in parts]
+            names += [f"{kind}.{i}.{part}" for i in range(len(model.dit_blocks(kind))) for part in parts]
     names += [f"{model.spec.denoiser_attr}.{path}" for path, _ in model.denoiser.named_modules() if path]
     return names

@@ -31,7 +31,7 @@ def window_layers(model: Model, blocks: str = "dual") -> list[str]:
     DiT's dual-stream blocks' attentions), or with `blocks="single"` FLUX's single-stream blocks."""
     if blocks == "dual":
         return [layer.name for layer in model.cross_attention_layers]
-    single = [c.name for c in model.unet_components if c.kind == "single"]
+    single = [c.name for c in model.dit_blocks("single")]
     if not single:
         raise ValueError(f"blocks='single': the {model.family} family has no single-stream blocks (FLUX has); "
                          "use blocks='dual'")
