@@ -54,14 +54,11 @@ def context_pairs(model: Model, sources: Sequence[str], targets: Sequence[str], 
     return pairs
 
 
-def _solve(weight: torch.Tensor, bias: torch.Tensor | None, keys: torch.Tensor, targets: torch.Tensor, lam: float,
-           kept: torch.Tensor | None, preserve_scale: float, bias_count: str) -> WeightUpdate:
+def _solve(linear: torch.nn.Linear, keys: torch.Tensor, targets: torch.Tensor, lam: float, kept: torch.Tensor | None,
+           preserve_scale: float, bias: str) -> WeightUpdate:
     problem = RidgeProblem(keys, lam, kept, preserve_scale)
-    residuals = problem.input_residuals(weight, targets)
-    if bias_count == "twice" and bias is not None:
-        residuals = residuals + bias.to(residuals)
-    up, down = problem.factors(residuals)
-    return WeightUpdate.from_factors(weight, up, down)
+    up, down = problem.factors(problem.linear_residuals(linear, targets, bias))
+    return WeightUpdate.from_factors(linear.weight, up, down)
 
 
 @torch.no_grad()
@@ -91,6 +88,6 @@ def uce_input_projections(model: Model, concepts: Sequence[str], guides: Sequenc
     transformer = model.denoiser
     updates = {}
     for path, (k, t, p) in zip(INPUT_PROJECTIONS.values(), ((keys, targets, kept), pooled_rows), strict=True):
-        linear = transformer.get_submodule(path)
-        updates[f"transformer.{path}.weight"] = _solve(linear.weight, linear.bias, k, t, lam, p, preserve_scale, bias)
+        updates[f"transformer.{path}.weight"] = _solve(transformer.get_submodule(path), k, t, lam, p, preserve_scale,
+                                                       bias)
     return updates

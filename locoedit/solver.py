@@ -102,6 +102,16 @@ class RidgeProblem:
         difference = target_inputs.to(weight.device, work) - self.keys.to(weight.device, work)
         return difference @ weight.to(work).T
 
+    def linear_residuals(self, linear: torch.nn.Linear, target_inputs: torch.Tensor, bias: str = "once"
+                         ) -> torch.Tensor:
+        """`input_residuals` of a linear layer's weight. `bias="twice"`: the targets are taken as the layer's outputs,
+        bias included (the DiffQuickFix release notebook's and UCE's FLUX code's convention), so the bias joins
+        every residual and the edited layer adds it twice at the keys; `"once"` leaves it to the layer."""
+        residuals = self.input_residuals(linear.weight, target_inputs)
+        if bias == "twice" and linear.bias is not None:
+            residuals = residuals + linear.bias.to(residuals)
+        return residuals
+
     def factors(self, residuals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The update W' - W = up @ down as (up [out, n], down [n, in]) in the residuals' dtype and device."""
         return residuals.T, self.down.to(residuals.device, residuals.dtype)

@@ -153,10 +153,7 @@ def diffquickfix(model: Model, source: str | Sequence[str], destination: str | S
     targets = torch.cat([inputs[len(src) + i, q] for i, (_, q) in enumerate(positions)])
     kept = inputs[len(src) + len(dst):].flatten(0, 1) if preserve else None
     problem = RidgeProblem(keys, lam, kept, preserve_scale)
-    residuals = problem.input_residuals(linear.weight, targets)
-    if bias == "twice" and linear.bias is not None:
-        residuals = residuals + linear.bias.to(residuals)
-    up, down = problem.factors(residuals)
+    up, down = problem.factors(problem.linear_residuals(linear, targets, bias))
     return {address: WeightUpdate.from_factors(linear.weight, up, down)}
 
 
