@@ -27,16 +27,16 @@ def test_layers_job_prints_the_table_and_writes_results(tmp_path):
     assert not list(out.glob(".*.parquet*"))  # no temporary file left behind
 
 
-def test_config_typos_and_unknown_jobs_are_errors(tmp_path):
+def test_config_typos_and_unknown_jobs_are_errors(tmp_path, capsys):
     from localize.cli import main
 
     with pytest.raises(SystemExit, match="famly"):
         main(["layers", "model.famly=sd1", f"hydra.run.dir={tmp_path / 'x'}"])
     with pytest.raises(SystemExit, match="jobs: attack, demo, edit, evaluate, layers, locogen, report, trace"):
         main(["layerz"])
-    result = localize("layers", "model=random_sd15_tiny", "model.family=sd4", f"hydra.run.dir={tmp_path / 'y'}",
-                      cwd=tmp_path)
-    assert result.returncode != 0 and "unknown model family 'sd4'" in result.stderr
+    with pytest.raises(SystemExit) as exit_:  # in-process: the same exit and message as the command line's
+        main(["layers", "model=random_sd15_tiny", "model.family=sd4", f"hydra.run.dir={tmp_path / 'y'}"])
+    assert exit_.value.code != 0 and "unknown model family 'sd4'" in capsys.readouterr().err
 
 
 def test_layers_job_on_the_organism(tmp_path):
