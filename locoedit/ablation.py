@@ -80,5 +80,5 @@ def neurons(model: Model, neurons: Sequence | None = None, scores: str | None = 
         up = torch.zeros(weight.shape[0], len(order))
         up[order, range(len(order))] = 1.0
         down = -weight[order].float().cpu()
-        updates[projection_address(layer, module)] = WeightUpdate.from_factors(weight, up, down)
+        updates[projection_address(model, layer, module)] = WeightUpdate.from_factors(weight, up, down)
     return updates

@@ -66,8 +66,8 @@ def check_layers(model: Model, layers: Sequence[int]) -> list[int]:
     layers = list(layers)
     bad = [k for k in layers if not isinstance(k, int) or not 0 <= k < n]
     if not layers or bad:
-        raise ValueError(f"cross-attention layers {bad or layers} invalid: this model has {n} (0..{n - 1}), see "
-                         "`localize layers`")
+        what = "cross-attention layers" if model.spec.denoiser == "unet" else "dual-stream blocks"
+        raise ValueError(f"{what} {bad or layers} invalid: this model has {n} (0..{n - 1}), see `localize layers`")
     return sorted(set(layers))
 
 
@@ -99,10 +99,20 @@ def gather_pairs(contexts: torch.Tensor, index: dict[str, int], pairs: Sequence[
     return keys, targets
 
 
-def projection_address(layer: CrossAttentionLayer, projection: torch.nn.Module) -> str:
-    """`unet.<layer name>.<projection>.weight`, e.g. `unet.<...>.attn2.to_v.weight`."""
+def projection_address(model: Model, layer: CrossAttentionLayer, projection: torch.nn.Module) -> str:
+    """`<denoiser>.<layer name>.<projection>.weight`, e.g. `unet.<...>.attn2.to_v.weight`,
+    `transformer.transformer_blocks.3.attn.add_k_proj.weight`."""
     name = next(name for name, child in layer.module.named_children() if child is projection)
-    return f"unet.{layer.name}.{name}.weight"
+    return f"{model.spec.denoiser_attr}.{layer.name}.{name}.weight"
+
+
+def check_text_keys(model: Model) -> None:
+    """These closed forms read every layer's keys from the prompts' text, which a DiT's blocks never see alone."""
+    if model.spec.denoiser != "unet":
+        raise ValueError(
+            f"this edit solves cross-attention layers with keys computed from the prompts' text; in the {model.family} "
+            f"family's DiT the text stream a block reads depends on the image and the step, so no such keys exist: "
+            "use locoedit (keys gathered from generations, `locoedit.dit_blocks`) or uce (the text input projections)")
 
 
 @torch.no_grad()
@@ -112,6 +122,7 @@ def solve_projections(model: Model, layers: Sequence[int] | None, rows: Rows, la
     the keys of `rows` to W (target inputs; target inputs that depend on the weight are a function of it, as
     UCE's authors' debiasing targets are), keeping W on the keys of `preserved` (scaled by `preserve_scale`).
     Layers that see the raw context share one factorization."""
+    check_text_keys(model)
     shared = None
     updates = {}
     layers = range(len(model.cross_attention_layers)) if layers is None else layers
@@ -130,5 +141,6 @@ def solve_projections(model: Model, layers: Sequence[int] | None, rows: Rows, la
         for projection in (layer.key, layer.value):
             inputs = targets(projection.weight) if callable(targets) else targets
             up, down = problem.factors(problem.input_residuals(projection.weight, inputs))
-            updates[projection_address(layer, projection)] = WeightUpdate.from_factors(projection.weight, up, down)
+            address = projection_address(model, layer, projection)
+            updates[address] = WeightUpdate.from_factors(projection.weight, up, down)
     return updates

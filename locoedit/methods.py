@@ -13,10 +13,19 @@ import pandas as pd
 import torch
 
 from localize.model import Model
-from locoedit.cross_attention import Rows, pair_prompts, pair_rows, solve_projections
+from locoedit.cross_attention import Rows, check_text_keys, pair_prompts, pair_rows, solve_projections
+from locoedit.dit_blocks import KEY_SEEDS, locoedit_blocks
 from locoedit.edits import WeightUpdate
 from locoedit.input_projections import INPUT_PROJECTIONS, uce_input_projections
-from locoedit.params import BIAS_COUNTS, CONCEPT_TOKENS, MODERATIONS, PRESERVE_TOKENS, UCE_MODES, check_strength
+from locoedit.params import (
+    ALIGNMENTS,
+    BIAS_COUNTS,
+    CONCEPT_TOKENS,
+    MODERATIONS,
+    PRESERVE_TOKENS,
+    UCE_MODES,
+    check_strength,
+)
 from locoedit.prompts import TIME_TEMPLATES, as_list, augmented_pairs, check_choice, check_lam, preserved_prompts
 
 
@@ -28,6 +37,7 @@ def time(model: Model, source: str | Sequence[str], destination: str | Sequence[
     the source's words in order ("a pack of roses" -> "a pack of blue roses"). `preserve` (not in the paper, off
     by default) keeps every token of those prompts projecting as before, with weight `preserve_scale`: the
     solver's preservation term, as UCE uses it."""
+    check_text_keys(model)
     check_lam(lam)
     src, dst = augmented_pairs(source, destination, templates)
     rows = pair_rows(model, pair_prompts(model, src, dst, "time"))
@@ -71,18 +81,49 @@ def chosen_layers(results: str | Path, model: Model | None = None) -> list[int]:
 
 def locoedit(model: Model, source: str | Sequence[str], destination: str | Sequence[str],
              layers: Sequence[int] | None = None, results: str | None = None, lam: float = 0.1,
-             alignment: str = "final", templates: Sequence[str] = TIME_TEMPLATES) -> dict[str, WeightUpdate]:
+             alignment: str = "final", templates: Sequence[str] = TIME_TEMPLATES,
+             key_seeds: Sequence[int] | None = None, steps: int | None = None, guidance: float | None = None,
+             held_out_seeds: Sequence[int] = ()) -> dict[str, WeightUpdate] | tuple[dict[str, WeightUpdate], dict]:
     """LOCOEDIT: the source prompts' text (last word and end span, or TIME's full alignment) projects like the
     destination's, in the key and value projections of the layers LOCOGEN chose: `layers` (indices), or read from
-    its `results` file. E.g. "a house in the style of Velmor" -> "a house" removes a style."""
+    its `results` file. E.g. "a house in the style of Velmor" -> "a house" removes a style.
+
+    On a DiT (FLUX, SD3) the layers are dual-stream blocks and their text-stream projections `add_k_proj` /
+    `add_v_proj` are edited with keys gathered from generations (`locoedit.dit_blocks`): at `key_seeds` (default
+    0..3) with `steps` and `guidance` (required: those the edit is meant for), the last word and end span only;
+    `held_out_seeds` measures the gap the one closed form leaves at unseen seeds, per step (the edit's info). On a
+    UNet those four are not used and giving them is an error."""
     check_lam(lam)
     if (layers is None) == (results is None):
         raise ValueError("give the LOCOGEN layers either as `layers` (cross-attention indices) or as `results` "
                          "(LOCOGEN's results.parquet), not both and not neither")
+    dit = model.spec.denoiser != "unet"
+    check_generation_keys(model, dit, alignment, key_seeds, steps, guidance, held_out_seeds)
     layers = chosen_layers(results, model) if results is not None else list(layers)
     src, dst = augmented_pairs(source, destination, templates)
+    if dit:
+        return locoedit_blocks(model, src, dst, layers, lam, KEY_SEEDS if key_seeds is None else key_seeds, steps,
+                               guidance, held_out_seeds)
     rows = pair_rows(model, pair_prompts(model, src, dst, alignment))
     return solve_projections(model, layers, rows, lam)
+
+
+def check_generation_keys(model: Model, dit: bool, alignment: str, key_seeds, steps, guidance, held_out_seeds
+                          ) -> None:
+    """A DiT's LOCOEDIT needs the generation its keys come from and pairs the last word and end span; a UNet's
+    takes none of those settings."""
+    check_choice("alignment", alignment, ALIGNMENTS)
+    given = [name for name, value in (("key_seeds", key_seeds), ("steps", steps), ("guidance", guidance),
+                                      ("held_out_seeds", held_out_seeds or None)) if value is not None]
+    if not dit and given:
+        raise ValueError(f"{', '.join(given)}: these choose the generations a DiT's LOCOEDIT gathers its keys from; "
+                         f"the {model.family} family's cross-attention reads the prompts' text, so leave them unset")
+    if dit and (steps is None or guidance is None):
+        raise ValueError(f"LOCOEDIT on the {model.family} family gathers its keys from generations: give `steps` and "
+                         "`guidance` (those you will generate with; `localize edit` passes its own)")
+    if dit and alignment != "final":
+        raise ValueError(f"alignment={alignment!r}: LOCOEDIT on a DiT pairs the last word and end span "
+                         "(alignment='final'); TIME's full alignment is a UNet option")
 
 
 def uce_preserve_scale(preserved: int) -> float:

@@ -103,7 +103,8 @@ def check_strength(mode: str, strength: float) -> None:
 def check_values(method: str, mode: str, params: dict) -> None:
     """The given values that need no model, with the checks the method functions run themselves: options,
     `lam`, source and destination prompts (non-empty, paired) and the preserved ones (none also edited), UCE's
-    `strength`, and the generation settings of the methods that generate (`steps`, `seeds`, `guidance`)."""
+    `strength`, and the generation settings of the methods that generate (`steps`, `seeds`, `guidance`, a DiT
+    LOCOEDIT's `key_seeds` and `held_out_seeds`)."""
     for name, value in params.items():
         if name in CHOICES:
             check_choice(name, value, CHOICES[name])
@@ -114,6 +115,7 @@ def check_values(method: str, mode: str, params: dict) -> None:
         preserved_prompts(params.get("preserve", ()), sources)
     if method == "uce" and mode in UCE_MODES and "strength" in params:
         check_strength(mode, params["strength"])
-    for name, check in (("steps", check_steps), ("seeds", check_seeds), ("guidance", check_guidance)):
-        if name in params:
+    for name, check in (("steps", check_steps), ("seeds", check_seeds), ("guidance", check_guidance),
+                        ("key_seeds", check_seeds), ("held_out_seeds", check_seeds)):
+        if params.get(name) is not None and (name != "held_out_seeds" or params[name]):
             check(params[name])

@@ -44,6 +44,9 @@ def run_edit(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
         attributes = list(params.get("attributes", []))
         params["classify"] = (truth.classifier(attributes) if truth is not None
                               else clip_classifier(scorer, attributes))
+    if cfg.method == "locoedit" and model.spec.denoiser != "unet":  # its keys come from generations like the job's
+        params.setdefault("steps", cfg.steps)
+        params.setdefault("guidance", cfg.guidance)
     result = edit(model, cfg.method, **params)
     result.save(out_dir / "edit.safetensors")
     if cfg.lora:

@@ -229,3 +229,70 @@ def test_uce_on_sd3_keys_both_segments_of_its_text_stream(tiny_models):
     for source, target in zip(pair.source_positions, pair.target_positions, strict=True):  # each key now reads as
         moved = contexts[0, source] @ edited.T  # its guide's (lambda ~ 0: fitted exactly)
         torch.testing.assert_close(moved, contexts[1, target] @ module.weight.T, atol=1e-3, rtol=1e-3)
+
+
+def test_locoedit_on_dit_blocks_is_the_ridge_solve_on_keys_gathered_from_generations(tiny_models):
+    """Against the closed form written out here: W' = (lam W + sum W t k^T)(lam I + sum k k^T)^-1 over every
+    step's keys k (the source's text stream entering the block's add_k_proj at its last word and end span) and
+    targets t (the destination's at the paired positions, same seed and step), recorded by a plain capture."""
+    from localize.engine import capturing
+    from localize.tokens import final_span
+    from locoedit import edit
+
+    flux = tiny_models("flux")
+    source, destination, lam, steps = "a photo of a cat", "a photo of a dog", 0.1, 2
+    result = edit(flux, "locoedit", source=source, destination=destination, layers=[1], lam=lam, templates=[],
+                  key_seeds=[0], steps=steps, guidance=3.5)
+    with capturing(flux, ["block.1.add_k.input"]) as calls:
+        generate(flux, [source, destination], [0, 0], steps=steps, guidance=3.5)
+    src, dst = final_span(flux.tokenizer, source, destination)
+    states = calls["block.1.add_k.input"]
+    assert len(states) == steps and not torch.allclose(states[0][0], states[1][0])  # the keys move with the step
+    keys = torch.cat([s[0, src] for s in states]).double()
+    targets = torch.cat([s[1, dst] for s in states]).double()
+    attention = flux.denoiser.transformer_blocks[1].attn
+    for name in ("add_k_proj", "add_v_proj"):
+        weight = getattr(attention, name).weight.double()
+        eye = torch.eye(weight.shape[1], dtype=torch.float64)
+        expected = (lam * weight + weight @ targets.T @ keys) @ torch.linalg.inv(lam * eye + keys.T @ keys)
+        got = result.updates[f"transformer.transformer_blocks.1.attn.{name}.weight"].edited(weight)
+        assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+    assert len(result.updates) == 2 and result.info["key_rows_per_block"] == len(keys)
+
+
+def test_locoedit_on_a_dit_measures_its_gap_at_held_out_seeds_and_reverts_bit_exactly(tiny_models):
+    """SD3 (classifier-free guidance: the conditional rows are the keys). The fitted gap is what the ridge leaves;
+    at a held-out seed, the edited model's keys still project most of the way to the destination's."""
+    from locoedit import edit
+
+    sd3 = tiny_models("sd3")
+    source, destination = "a photo of a cat", "a photo of a dog"
+    before = generate(sd3, [source], [7], steps=2, guidance=4.0)
+    state = {k: v.clone() for k, v in sd3.denoiser.state_dict().items()}
+    result = edit(sd3, "locoedit", source=source, destination=destination, layers=[0, 1], lam=0.01, templates=[],
+                  key_seeds=[0, 1], steps=2, guidance=4.0, held_out_seeds=[7])
+    gaps = result.info["gap_left"]
+    assert len(gaps["fit"]) == len(gaps["held_out"]) == 2
+    assert all(0 <= gap < 0.2 for gap in gaps["fit"]) and all(0 <= gap < 0.5 for gap in gaps["held_out"])
+    with result.applied(sd3):
+        assert (generate(sd3, [source], [7], steps=2, guidance=4.0) - before).abs().max() > 1e-3
+    assert all(torch.equal(v, state[k]) for k, v in sd3.denoiser.state_dict().items())
+
+
+def test_text_keyed_edits_on_a_dit_say_what_applies(tiny_models, sd1):
+    from locoedit import edit
+
+    flux = tiny_models("flux")
+    pair = {"source": "a photo of a cat", "destination": "a photo of a dog"}
+    with pytest.raises(ValueError, match="the flux family's DiT the text stream a block reads depends on the image"):
+        edit(flux, "time", source="a cat", destination="a black cat")
+    with pytest.raises(ValueError, match="gathers its keys from generations: give `steps` and `guidance`"):
+        edit(flux, "locoedit", **pair, layers=[0])
+    with pytest.raises(ValueError, match="alignment='time': LOCOEDIT on a DiT pairs the last word and end span"):
+        edit(flux, "locoedit", **pair, layers=[0], steps=1, guidance=3.5, alignment="time")
+    with pytest.raises(ValueError, match=r"held_out_seeds \[1\] are also key_seeds"):
+        edit(flux, "locoedit", **pair, layers=[0], steps=1, guidance=3.5, key_seeds=[0, 1], held_out_seeds=[1])
+    with pytest.raises(ValueError, match=r"dual-stream blocks \[19\] invalid: this model has"):
+        edit(flux, "locoedit", **pair, layers=[19], steps=1, guidance=3.5)
+    with pytest.raises(ValueError, match="key_seeds, steps: these choose the generations a DiT's LOCOEDIT"):
+        edit(sd1, "locoedit", **pair, layers=[0], key_seeds=[0], steps=2)

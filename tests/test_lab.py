@@ -212,6 +212,8 @@ EXPERIMENTS = {
     "locogen_flux": ("locogen", "random_flux_tiny", ["prompts=organism_styles", "m=18"]),
     "locogen_sd35": ("locogen", "random_sd3_tiny", ["prompts=organism_styles", "m=37"]),
     "uce_flux": ("edit", "random_flux_tiny", ["evaluate=[a painting by Van Gogh]"]),
+    "locoedit_flux": ("edit", "random_flux_tiny", ["+params.layers=[1]", "params.key_seeds=[0]",
+                                                   "params.held_out_seeds=[4]", "evaluate=[a house]"]),
 }
 
 
@@ -230,7 +232,8 @@ def test_each_job_runs_in_bfloat16_on_cpu(experiment, tmp_path):
     assert (out / "config.yaml").read_text().count("dtype: bf16") == 1
 
 
-SLOW_EXPERIMENTS = {"locogen_flux", "locogen_sd35"}  # LOCOGEN on DiTs also runs in-process in test_dit.py
+SLOW_EXPERIMENTS = {"locogen_flux", "locogen_sd35", "locoedit_flux"}  # DiTs' methods also run in-process in
+# test_dit.py
 
 
 @pytest.mark.parametrize("experiment", [pytest.param(e, marks=pytest.mark.slow) if e in SLOW_EXPERIMENTS else e
