@@ -91,7 +91,7 @@ def generate(
     scheduler = type(base).from_config(base.config)
     spec = model.spec
     cfg = guidance > 1.0 and not spec.guidance_distilled
-    check_branches(model, patches)
+    check_branches(model, patches, guidance)
     generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
     denoising = Denoising(model, size)
     denoising.set_timesteps(scheduler, steps)
@@ -131,14 +131,19 @@ def generate(
     return decode(model, denoising.to_vae(latents))
 
 
-def check_branches(model: Model, patches: Sequence[Patch]) -> None:
-    """A guidance-distilled family (FLUX.1) has no unconditional half: a patch on it is an error."""
-    if model.spec.guidance_distilled:
-        for patch in patches:
-            if patch.branch == "uncond":
-                raise ValueError(f"patch on {patch.site!r} has branch='uncond', but {model.family} is guidance-"
-                                 "distilled: it reads the guidance scale as an input and runs no unconditional "
-                                 "half; use branch='cond' (or 'both', the same here)")
+def check_branches(model: Model, patches: Sequence[Patch], guidance: float) -> None:
+    """A patch on the unconditional half when none runs is an error: a guidance-distilled family (FLUX.1) never
+    runs one, the others only with guidance > 1."""
+    for patch in patches:
+        if patch.branch != "uncond":
+            continue
+        if model.spec.guidance_distilled:
+            raise ValueError(f"patch on {patch.site!r} has branch='uncond', but {model.family} is guidance-"
+                             "distilled: it reads the guidance scale as an input and runs no unconditional "
+                             "half; use branch='cond' (or 'both', the same here)")
+        if guidance <= 1.0:
+            raise ValueError(f"patch on {patch.site!r} has branch='uncond', but guidance={guidance} <= 1 runs no "
+                             "unconditional half, so it would change nothing; use guidance > 1 or branch='cond'")
 
 
 def _step_parameters(scheduler) -> set[str]:

@@ -123,7 +123,9 @@ def test_a_user_function_is_an_operation_on_the_selected_entries_only(sd1):
 def test_branches_and_steps(sd1):
     clean = run(sd1, guidance=1.0)
     zero_uncond = Patch("cross_attn.3.context", op="zero", branch="uncond")
-    assert torch.equal(run(sd1, [zero_uncond], guidance=1.0), clean)  # no unconditional half without CFG
+    with pytest.raises(ValueError, match=r"branch='uncond', but guidance=1.0 <= 1 runs no unconditional half"):
+        run(sd1, [zero_uncond], guidance=1.0)  # it would change nothing
+    assert not torch.equal(run(sd1, [zero_uncond]), run(sd1))
     assert not torch.equal(run(sd1, [Patch("cross_attn.3.context", op="zero", branch="cond")], guidance=1.0), clean)
     late = Patch("cross_attn.3.context", op="zero", steps=(STEPS - 1, STEPS))
     early = Patch("cross_attn.3.context", op="zero", steps=(0, 1))
