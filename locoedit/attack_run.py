@@ -21,6 +21,7 @@ from localize.metrics import mean_intervals
 from localize.results import atomic_write, write_results
 from locoedit.api import edit
 from locoedit.attack import SoftPrompt, generate_soft, optimize, success
+from locoedit.dit_blocks import with_job_generation
 from locoedit.job import attack_pairs, attack_settings
 
 CONDITIONS = ("original", "edited", "attacked")
@@ -39,7 +40,7 @@ def run_attack(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
 
     references = {concept: images(concept, train_seeds) for concept, _ in pairs}
     shown = {concept: {"original": images(concept, seeds)} for concept, _ in pairs}
-    result = edit(model, cfg.method, **params)
+    result = edit(model, cfg.method, **with_job_generation(model, cfg.method, params, cfg.steps, cfg.guidance))
     losses = {}
     with result.applied(model):
         for concept, guide in pairs:

@@ -41,6 +41,14 @@ KEY_SEEDS = (0, 1, 2, 3)  # `key_seeds` when none are given
 Rows = tuple[torch.Tensor, ...]  # one step's rows of each side of the pairs, [rows, features]
 
 
+def with_job_generation(model: Model, method: str, params: dict, steps: int, guidance: float) -> dict:
+    """`params` with a job's `steps` and `guidance` where a DiT's LOCOEDIT needs them (its keys come from
+    generations like the job's); values the params give stay."""
+    if method != "locoedit" or model.spec.denoiser == "unet":
+        return params
+    return {"steps": steps, "guidance": guidance, **params}
+
+
 def key_site(block: int) -> str:
     """The site whose input both text projections of dual-stream block `block` read."""
     return f"block.{block}.add_k.input"

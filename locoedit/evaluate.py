@@ -49,6 +49,7 @@ from localize.quality import FrechetDistance, lpips_available, lpips_distance, p
 from localize.results import atomic_write, write_results
 from localize.setdiff import examples_figure, rank_descriptions
 from locoedit.api import edit
+from locoedit.dit_blocks import with_job_generation
 from locoedit.job import EDIT_FORMATS, check_classifier_name, selected_cases
 
 SHOWN = 12  # the most images per row of images.png
@@ -208,7 +209,7 @@ def run_evaluate(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
         distance.add(before, first=True)
     if cfg.edit is not None:
         for case_probes, case_params in tqdm(cases, desc="edits", disable=not cfg.progress or len(cases) == 1):
-            result = edit(model, cfg.edit, **case_params)
+            result = edit(model, cfg.edit, **with_job_generation(model, cfg.edit, case_params, cfg.steps, cfg.guidance))
             edits.append({"case": case_probes[0].case, **result.report(model)})
             with result.applied(model):
                 after = probe_images(model, case_probes, cfg, "after")

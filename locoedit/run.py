@@ -22,6 +22,7 @@ from localize.results import atomic_write, write_results
 from localize.tokens import token_ids
 from locoedit.api import edit
 from locoedit.debias import clip_classifier
+from locoedit.dit_blocks import with_job_generation
 
 
 def _readings(model: Model, scorer, images, prompts: list[str]) -> pd.DataFrame:
@@ -29,6 +30,17 @@ def _readings(model: Model, scorer, images, prompts: list[str]) -> pd.DataFrame:
     if model.spec.ground_truth is not None:
         return model.spec.ground_truth.read_images(images)
     return pd.DataFrame({"clip_score": scorer.score(images, prompts).cpu().numpy()})
+
+
+def rounded(value):
+    """`value` with every float in it to 3 significant digits (a summary line a reader can take in)."""
+    if isinstance(value, float):
+        return float(f"{value:.3g}")
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v) for v in value]
+    return value
 
 
 def run_edit(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
@@ -44,10 +56,7 @@ def run_edit(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
         attributes = list(params.get("attributes", []))
         params["classify"] = (truth.classifier(attributes) if truth is not None
                               else clip_classifier(scorer, attributes))
-    if cfg.method == "locoedit" and model.spec.denoiser != "unet":  # its keys come from generations like the job's
-        params.setdefault("steps", cfg.steps)
-        params.setdefault("guidance", cfg.guidance)
-    result = edit(model, cfg.method, **params)
+    result = edit(model, cfg.method, **with_job_generation(model, cfg.method, params, cfg.steps, cfg.guidance))
     result.save(out_dir / "edit.safetensors")
     if cfg.lora:
         result.to_lora(out_dir / "lora.safetensors")
@@ -67,7 +76,7 @@ def run_edit(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
         before_after_grid(before, after, prompts, seeds, out_dir / "images.png")
     lines = [f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in report.items()]
     if result.info:
-        lines.append(f"info: {result.info}")
+        lines.append(f"info: {rounded(result.info)}")
     if cfg.evaluate and truth is not None:
         wide = table.pivot_table(index="prompt", columns="phase", values="color",
                                  aggfunc=lambda c: ", ".join(f"{k} {v}" for k, v in c.value_counts().items()))

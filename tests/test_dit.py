@@ -296,3 +296,7 @@ def test_text_keyed_edits_on_a_dit_say_what_applies(tiny_models, sd1):
         edit(flux, "locoedit", **pair, layers=[19], steps=1, guidance=3.5)
     with pytest.raises(ValueError, match="key_seeds, steps: these choose the generations a DiT's LOCOEDIT"):
         edit(sd1, "locoedit", **pair, layers=[0], key_seeds=[0], steps=2)
+    from locoedit.dit_blocks import with_job_generation  # the jobs pass their generation settings to a DiT's
+
+    assert with_job_generation(flux, "locoedit", {"guidance": 1.0}, 4, 3.5) == {"steps": 4, "guidance": 1.0}
+    assert with_job_generation(sd1, "locoedit", {}, 4, 3.5) == with_job_generation(flux, "uce", {}, 4, 3.5) == {}
