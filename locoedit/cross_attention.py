@@ -106,13 +106,14 @@ def projection_address(model: Model, layer: CrossAttentionLayer, projection: tor
     return f"{model.spec.denoiser_attr}.{layer.name}.{name}.weight"
 
 
-def check_text_keys(model: Model) -> None:
+def check_text_keys(model: Model, method: str = "this edit") -> None:
     """These closed forms read every layer's keys from the prompts' text, which a DiT's blocks never see alone."""
     if model.spec.denoiser != "unet":
         raise ValueError(
-            f"this edit solves cross-attention layers with keys computed from the prompts' text; in the {model.family} "
+            f"{method} solves cross-attention layers with keys computed from the prompts' text; in the {model.family} "
             f"family's DiT the text stream a block reads depends on the image and the step, so no such keys exist: "
-            "use locoedit (keys gathered from generations, `locoedit.dit_blocks`) or uce (the text input projections)")
+            "use locoedit (keys gathered from generations, `locoedit.dit_blocks`) or uce's erase and moderate modes "
+            "(the text input projections)")
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ import torch
 from localize.generation import generate
 from localize.model import Model
 from localize.scoring import ClipScorer
-from locoedit.cross_attention import PromptPair, Rows, pair_prompts, pair_rows, solve_projections
+from locoedit.cross_attention import PromptPair, Rows, check_text_keys, pair_prompts, pair_rows, solve_projections
 from locoedit.edits import Edit, WeightUpdate
 from locoedit.methods import joined, preserved_rows, uce_kept
 from locoedit.params import SEARCHES
@@ -122,6 +122,7 @@ def debias(model: Model, concept: str, attributes: Sequence[str], classify: Clas
     `bracket` (this lab's, the module's docstring) or `authors`; `rate` defaults to 1.0 and to the authors' 0.1
     respectively. Returns the best edited round's updates and
     {alpha, shares, history} (`authors`: the summed updates and {weights, shares, history})."""
+    check_text_keys(model, "UCE's debias mode")
     check_lam(lam)
     check_choice("search", search, SEARCHES)
     if search == "authors" and held is not None:

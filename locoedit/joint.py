@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from localize.model import Model
+from locoedit.cross_attention import check_text_keys
 from locoedit.debias import Classifier, debias
 from locoedit.edits import WeightUpdate
 from locoedit.methods import (
@@ -46,6 +47,7 @@ def uce_joint(model: Model, erase: Sequence[str] = (), erase_guides: str | Seque
     `locoedit.debias.debias`), with the preservation of `locoedit.methods.uce` (the empty prompt and `preserve`,
     every position by default, scale max(0.1, 1/n)). Returns the updates, and with a debiased concept also the
     search's {alpha, shares, history}."""
+    check_text_keys(model, "UCE's joint mode")
     check_lam(lam)
     check_choice("moderation", moderation, MODERATIONS)
     if not erase and not moderate and concept is None:

@@ -37,7 +37,7 @@ def time(model: Model, source: str | Sequence[str], destination: str | Sequence[
     the source's words in order ("a pack of roses" -> "a pack of blue roses"). `preserve` (not in the paper, off
     by default) keeps every token of those prompts projecting as before, with weight `preserve_scale`: the
     solver's preservation term, as UCE uses it."""
-    check_text_keys(model)
+    check_text_keys(model, "TIME")
     check_lam(lam)
     src, dst = augmented_pairs(source, destination, templates)
     rows = pair_rows(model, pair_prompts(model, src, dst, "time"))

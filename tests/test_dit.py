@@ -284,8 +284,12 @@ def test_text_keyed_edits_on_a_dit_say_what_applies(tiny_models, sd1):
 
     flux = tiny_models("flux")
     pair = {"source": "a photo of a cat", "destination": "a photo of a dog"}
-    with pytest.raises(ValueError, match="the flux family's DiT the text stream a block reads depends on the image"):
+    with pytest.raises(ValueError, match="TIME solves .* the flux family's DiT the text stream a block reads depends"):
         edit(flux, "time", source="a cat", destination="a black cat")
+    for mode in ("debias", "joint"):  # before any image is generated
+        with pytest.raises(ValueError, match=f"UCE's {mode} mode solves cross-attention layers .* erase and moderate"):
+            edit(flux, "uce", mode=mode, concept="a doctor", attributes=["a man", "a woman"],
+                 classify=lambda images: torch.zeros(len(images), dtype=torch.long))
     with pytest.raises(ValueError, match="gathers its keys from generations: give `steps` and `guidance`"):
         edit(flux, "locoedit", **pair, layers=[0])
     with pytest.raises(ValueError, match="alignment='time': LOCOEDIT on a DiT pairs the last word and end span"):
