@@ -94,9 +94,12 @@ def gather_pairs(contexts: torch.Tensor, index: dict[str, int], pairs: Sequence[
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(keys, target inputs): each pair's source and target rows of `contexts` (prompt `index[prompt]`) at its
     positions."""
-    keys = torch.cat([contexts[index[p.source], list(p.source_positions)] for p in pairs])
-    targets = torch.cat([contexts[index[p.target], list(p.target_positions)] for p in pairs])
-    return keys, targets
+    return side_rows(contexts, index, pairs, "source"), side_rows(contexts, index, pairs, "target")
+
+
+def side_rows(contexts: torch.Tensor, index: dict[str, int], pairs: Sequence[PromptPair], side: str) -> torch.Tensor:
+    """One side of `gather_pairs`: each pair's `source` (or `target`) rows of `contexts` at that side's positions."""
+    return torch.cat([contexts[index[getattr(p, side)], list(getattr(p, f"{side}_positions"))] for p in pairs])
 
 
 def projection_address(model: Model, layer: CrossAttentionLayer, projection: torch.nn.Module) -> str:

@@ -32,7 +32,7 @@ from localize.checks import check_generation
 from localize.engine import capturing
 from localize.generation import generate
 from localize.model import Model
-from locoedit.cross_attention import PromptPair, check_layers, projection_address
+from locoedit.cross_attention import PromptPair, check_layers, projection_address, side_rows
 from locoedit.edits import Edit, WeightUpdate
 from locoedit.input_projections import context_pairs
 from locoedit.solver import RidgeProblem
@@ -79,8 +79,7 @@ def pair_reader(prompts: Sequence[str], pairs: Sequence[PromptPair], sides: Sequ
     index = {prompt: i for i, prompt in enumerate(prompts)}
 
     def read(states: torch.Tensor) -> Rows:
-        return tuple(torch.cat([states[index[getattr(p, side)], list(getattr(p, f"{side}_positions"))]
-                                for p in pairs]).cpu() for side in sides)
+        return tuple(side_rows(states, index, pairs, side).cpu() for side in sides)
 
     return read
 
