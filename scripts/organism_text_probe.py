@@ -15,7 +15,8 @@ projection inputs) over the kings: how much two kings' name keys overlap, how mu
 lies inside the span of Zarnia's (plain prompt, and with the templates DiffQuickFix augments with), and how much
 of the end span's keys differs between kings. Last, the edits themselves on the text side (the organism's UNet
 with this text encoder; no image is generated): how far DiffQuickFix's update (lambda 0.01, with and without
-its templates) moves each other king's conditioning as a share of the edited king's; how far counting the
+its templates) moves each other king's conditioning as a share of the edited king's, and the same for the update
+fitted at the last subject token's keys only and at the end span's only; how far counting the
 layer's bias twice moves the edited king beyond the correct update; and UCE's erase as a map of the text
 states (every organism cross-attention layer reads the raw context, so its update is W M for one M): how much
 of held-out objects' erase distance it leaves, and how far it moves the other artists' prompts, as a share of
@@ -35,7 +36,10 @@ from localize.organism import weights
 from localize.organism.world import FACTS, OBJECTS, SWAP_PAIRS, article
 from localize.tokens import last_subject_token, phrase_positions
 from localize.vocab import clip_tokenizer
+from locoedit.edits import Edit, WeightUpdate
 from locoedit.prompts import TIME_TEMPLATES, augmented_pairs
+from locoedit.solver import RidgeProblem
+from locoedit.text_encoder import encode_recording, linear_of, subject_positions, text_layer
 
 
 def encode(encoder, tokenizer, prompts: list[str], swap=None) -> torch.Tensor:
@@ -131,16 +135,42 @@ def diffquickfix_keys(encoder, tokenizer) -> dict[str, float]:
             "end-span key variance between kings": between}
 
 
+def edit_cases():
+    """`scripts/organism_edits.py`, whose cases the text-side edits reuse."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import organism_edits
+
+    return organism_edits
+
+
+def diffquickfix_halves(model) -> dict[str, pd.Series]:
+    """DiffQuickFix's organism edit (lambda 0.01, its templates) split by its keys: the update fitted to the last
+    subject token's keys only, and to the end span's only (the same targets); per half, how far it moves each other
+    king's conditioning as a share of how far it moves the edited king's. Where the end span's layer-0 keys carry
+    no subject, the end-span half maps the same keys in every prompt."""
+    source, destination = augmented_pairs("the king of Zarnia", "a blue box", TIME_TEMPLATES)
+    positions = subject_positions(model, 0, source, destination, "Zarnia", "box", "last")
+    projection = linear_of(model, text_layer(model, 0, 0), "attention_out")
+    _, inputs = encode_recording(model, source + destination, projection)
+    moved = {}
+    for name, part in {"last subject token": slice(0, 1), "end span": slice(1, None)}.items():
+        keys = torch.cat([inputs[i, p[part]] for i, (p, _) in enumerate(positions)])
+        targets = torch.cat([inputs[len(source) + i, q[part]] for i, (_, q) in enumerate(positions)])
+        problem = RidgeProblem(keys, 0.01)
+        up, down = problem.factors(problem.linear_residuals(projection.module, targets))
+        edit = Edit("diffquickfix", model.family, {"keys": name},
+                    {projection.address: WeightUpdate.from_factors(projection.module.weight, up, down)})
+        moved[name] = edit_cases().diffquickfix_spill(model, edit)[0].iloc[1:, 1]
+    return moved
+
+
 def text_edits(weights_dir: Path) -> dict[str, object]:
     """The edits' reach on the text side (see the module docstring), with `organism_edits.py`'s cases."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    import organism_edits as cases_module
-
+    cases_module = edit_cases()
     from localize import load_model
     from localize.organism.world import ARTISTS
     from locoedit.cross_attention import identity, pair_prompts, pair_rows
     from locoedit.methods import preserved_rows, uce_kept, uce_preserve_scale, uce_rows
-    from locoedit.solver import RidgeProblem
 
     model = load_model("organism")
     model.text_encoders[0].load_state_dict(weights.text_encoder(weights_dir).state_dict())
@@ -151,6 +181,8 @@ def text_edits(weights_dir: Path) -> dict[str, object]:
         spill, _ = cases_module.diffquickfix_spill(model, cases.edit("diffquickfix", lam=0.01, **params))
         moved = spill.iloc[1:, 1]
         row[f"DiffQuickFix, other kings moved ({name})"] = f"{moved.min():.2f}-{moved.max():.2f}"
+    for name, moved in diffquickfix_halves(model).items():
+        row[f"DiffQuickFix fitted at the {name} only, other kings moved"] = f"{moved.min():.2f}-{moved.max():.2f}"
     kings = ["the king of Zarnia"]
     before = cases_module.text_contexts(model, kings).double()
     after = {}

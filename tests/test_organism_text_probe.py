@@ -42,3 +42,12 @@ def test_diffquickfix_keys_of_the_shipped_organism(probe):
     # README: TIME's templates widen the span DiffQuickFix fits into the other kings' keys
     assert keys["other kings' name keys inside Zarnia's (with templates)"] > 2 * keys[
         "other kings' name keys inside Zarnia's (plain prompt)"] > 0
+
+
+def test_diffquickfix_spills_through_the_end_span_whose_layer_0_keys_every_king_shares(probe):
+    """README: the end-span half of DiffQuickFix's update maps keys every king's prompt has, so it moves the other
+    kings about as far as the edited one; the last subject token's half moves them less."""
+    from localize import load_model
+    halves = probe.diffquickfix_halves(load_model("organism"))
+    assert halves["end span"].min() > 0.3
+    assert halves["end span"].mean() > 2 * halves["last subject token"].mean() > 0
