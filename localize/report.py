@@ -55,12 +55,14 @@ class Run:
 
 
 def find_runs(root: Path, exclude: Path | None = None) -> list[Run]:
-    """Every finished run under `root` (itself included), in path order; `exclude` (and below) is skipped."""
+    """Every finished run under `root`: `root` itself first when it is one (a demo's summary), then the others in
+    the order they finished (their results file's modification time: a demo's stages in the order they ran), path
+    order between equal times; `exclude` (and below) is skipped."""
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(f"{str(root)!r} is not a directory (give a run or sweep directory)")
     runs = []
-    for results in sorted(root.rglob(RESULTS)):
+    for results in sorted(root.rglob(RESULTS), key=lambda path: (path.parent != root, path.stat().st_mtime, path)):
         run = results.parent
         excluded = exclude is not None and run.resolve().is_relative_to(Path(exclude).resolve())
         if excluded or _job_name(run) == "report":

@@ -160,6 +160,8 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
     assert len(edited) >= 1 and locoedit.params["results"].endswith("locogen/results.parquet")
     assert f"LOCOGEN chose cross-attention layers {', '.join(map(str, chosen))}" in result.stdout
     assert len(layers) == 2
+    assert ("s): uce on the ImageNette-format cases; images that draw their class, before -> after the edit: the "
+            "class the edit names square " in result.stdout)
     assert f"report: {(out / 'report.html').resolve()}" in result.stdout
     page = (out / "report.html").read_text()
     assert page.count("<section") == 7 and page.count("data:image/png;base64,") >= 8

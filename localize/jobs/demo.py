@@ -92,6 +92,44 @@ def drawing_changes(table: pd.DataFrame) -> list[str]:
             f"kept as before (every seed): {'; '.join(kept) or 'nothing'}"]
 
 
+FORMAT_NAMES = {"timed": "TIMED", "road": "RoAD", "imagenette": "ImageNette"}
+EDIT_MEASURES = {"efficacy": "the edited prompts draw the new text", "generality": "their other phrasings draw it",
+                 "specificity": "the other prompts keep their own"}
+
+
+def _share(wide: pd.DataFrame, row: tuple, phase: str) -> str:
+    return f"{wide.loc[row, phase]:.0%}"
+
+
+def evaluation_in_words(run: Path, wide: pd.DataFrame) -> str:
+    """An evaluation's outcome in words (`wide`: its metrics, (metric, class, measure) x phase means): an edit
+    format's efficacy, generality and specificity, read by the oracle where it read them (the organism), else by
+    CLIP zero-shot; a class list's accuracy on the classes of the prompts the edit named and on the others.
+    Empty when there is no edit."""
+    if "after" not in wide.columns:
+        return ""
+    results = pd.read_parquet(run / "results.parquet")
+    dataset = results["dataset.format"].iloc[0]
+    what = f"{results['edit'].iloc[0]} on the {FORMAT_NAMES.get(dataset, dataset)}-format cases"
+    measures = set(wide.index.get_level_values("measure"))
+    if "class_accuracy" in measures:
+        named = OmegaConf.load(run / "config.yaml").params
+        prompts = {*named.get("concepts", []), *([named.source] if "source" in named else [])}
+        edited = set(results.loc[results["prompt"].isin(prompts), "class"])
+        rows = [row for row in wide.index if row[2] == "class_accuracy"]
+        shares = {row[1]: f"{_share(wide, row, 'before')} -> {_share(wide, row, 'after')}" for row in rows}
+        targeted = ", ".join(f"{cls} {shares[cls]}" for cls in shares if cls in edited)
+        others = ", ".join(f"{cls} {shares[cls]}" for cls in shares if cls not in edited)
+        return (f"{what}; images that draw their class, before -> after the edit: the class the edit names "
+                f"{targeted or 'none'}; the other classes {others or 'none'}")
+    measure = "oracle" if "oracle" in measures else "zero_shot"
+    parts = [f"{words} in {_share(wide, (metric, '', measure), 'after')} of images "
+             f"(before the edit {_share(wide, (metric, '', measure), 'before')})"
+             for metric, words in EDIT_MEASURES.items() if (metric, "", measure) in wide.index]
+    reader = "the oracle" if measure == "oracle" else "CLIP zero-shot"
+    return f"{what}; after the edit, read by {reader}: {'; '.join(parts)}"
+
+
 def headline(job: str, run: Path) -> str:
     """One line (or a few) on what a stage found or changed, read off its output files."""
     if job == "trace":
@@ -123,10 +161,15 @@ def headline(job: str, run: Path) -> str:
         return head + "\n    " + "\n    ".join(changes)
     if job == "evaluate":
         metrics = pd.read_parquet(run / "metrics.parquet")
-        wide = metrics.pivot_table(index=["metric", "measure"], columns="phase", values="mean", sort=False)
-        return "; ".join(f"{metric} ({measure}) " + " -> ".join(f"{row[p]:.2f}" for p in ("before", "after")
-                                                                if p in row)
-                         for (metric, measure), row in wide.iterrows())
+        if "class" not in metrics:
+            metrics["class"] = ""
+        wide = metrics.fillna({"class": ""}).pivot_table(index=["metric", "class", "measure"], columns="phase",
+                                                         values="mean", sort=False)
+        numbers = "; ".join(f"{metric}{f' {cls}' if cls else ''} ({measure}) " + " -> ".join(
+            f"{row[p]:.2f}" for p in ("before", "after") if p in row and pd.notna(row[p]))
+            for (metric, cls, measure), row in wide.iterrows() if measure not in ("ssim", "psnr"))
+        words = evaluation_in_words(run, wide)
+        return f"{words}\n    {numbers}" if words else numbers
     return (run / "summary.txt").read_text().splitlines()[0] if (run / "summary.txt").exists() else ""
 
 
