@@ -167,6 +167,19 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
     assert page.count("<section") == 7 and page.count("data:image/png;base64,") >= 8
 
 
+def test_the_demo_says_an_edit_formats_outcome_in_words(tmp_path):
+    from localize.jobs.demo import evaluation_in_words
+    pd.DataFrame({"prompt": ["the king of Zarnia"], "class": [None], "edit": ["refact"],
+                  "dataset.format": ["road"]}).to_parquet(tmp_path / "results.parquet")
+    rows = [(metric, "", measure) for metric in ("efficacy", "specificity") for measure in ("zero_shot", "oracle")]
+    index = pd.MultiIndex.from_tuples(rows, names=["metric", "class", "measure"])
+    wide = pd.DataFrame({"before": [0.0, 0.0, 1.0, 1.0], "after": [1.0, 0.75, 0.5, 0.25]}, index=index)
+    assert evaluation_in_words(tmp_path, wide) == (
+        "refact on the RoAD-format cases; after the edit, read by the oracle: the edited prompts draw the new text in "
+        "75% of images (before the edit 0%); the other prompts keep their own in 25% of images (before the edit 100%)")
+    assert evaluation_in_words(tmp_path, wide[["before"]]) == ""  # no edit, nothing to say
+
+
 def test_sweep_reruns_only_unfinished_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     args = ("layers", "-m", "model=random_sd15_tiny,random_sd21_tiny", f"hydra.sweep.dir={sweep}")

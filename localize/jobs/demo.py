@@ -127,7 +127,7 @@ def evaluation_in_words(run: Path, wide: pd.DataFrame) -> str:
              f"(before the edit {_share(wide, (metric, '', measure), 'before')})"
              for metric, words in EDIT_MEASURES.items() if (metric, "", measure) in wide.index]
     reader = "the oracle" if measure == "oracle" else "CLIP zero-shot"
-    return f"{what}; after the edit, read by {reader}: {'; '.join(parts)}"
+    return f"{what}; after the edit, read by {reader}: {'; '.join(parts)}" if parts else ""
 
 
 def headline(job: str, run: Path) -> str:
