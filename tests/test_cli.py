@@ -72,13 +72,13 @@ def test_trace_and_locogen_take_the_organisms_own_defaults_only_on_the_organism(
         main([*args, "--cfg", "job"])
         return yaml.safe_load(capsys.readouterr().out)
 
-    for job, steps in (("trace", 6), ("locogen", 8)):
+    for job, steps in (("trace", 3), ("locogen", 8)):
         organism = job_config(job)
         assert (organism["seeds"], organism["steps"]) == ([0, 1], steps)
         other = job_config(job, "model=random_sd15_tiny")
         assert (other["seeds"], other["steps"]) == ([0, 1, 2, 3], 25)
-        chosen = job_config(job, "seeds=[5]", "steps=3")
-        assert (chosen["seeds"], chosen["steps"]) == ([5], 3)
+        chosen = job_config(job, "seeds=[5]", "steps=5")
+        assert (chosen["seeds"], chosen["steps"]) == ([5], 5)
 
 
 def test_trace_job_rejects_bad_settings_before_loading_anything(tmp_path):
