@@ -152,7 +152,7 @@ def diffquickfix_halves(model) -> dict[str, pd.Series]:
     positions = subject_positions(model, 0, source, destination, "Zarnia", "box", "last")
     projection = linear_of(model, text_layer(model, 0, 0), "attention_out")
     _, inputs = encode_recording(model, source + destination, projection)
-    moved = {}
+    cases_module, moved = edit_cases(), {}
     for name, part in {"last subject token": slice(0, 1), "end span": slice(1, None)}.items():
         keys = torch.cat([inputs[i, p[part]] for i, (p, _) in enumerate(positions)])
         targets = torch.cat([inputs[len(source) + i, q[part]] for i, (_, q) in enumerate(positions)])
@@ -160,7 +160,7 @@ def diffquickfix_halves(model) -> dict[str, pd.Series]:
         up, down = problem.factors(problem.linear_residuals(projection.module, targets))
         edit = Edit("diffquickfix", model.family, {"keys": name},
                     {projection.address: WeightUpdate.from_factors(projection.module.weight, up, down)})
-        moved[name] = edit_cases().diffquickfix_spill(model, edit)[0].iloc[1:, 1]
+        moved[name] = cases_module.diffquickfix_spill(model, edit)[0].iloc[1:, 1]
     return moved
 
 
