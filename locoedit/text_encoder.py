@@ -143,18 +143,29 @@ def diffquickfix(model: Model, source: str | Sequence[str], destination: str | S
     output at every token of those prompts, with weight `preserve_scale` (the solver's preservation term)."""
     check_lam(lam)
     check_choice("bias", bias, BIAS_COUNTS)
+    projection, pairs, kept = diffquickfix_rows(model, source, destination, subject, destination_subject, templates,
+                                                encoder, layer, preserve, pairing)
+    keys, targets = (torch.cat(side) for side in zip(*pairs, strict=True))
+    problem = RidgeProblem(keys, lam, kept, preserve_scale)
+    up, down = problem.factors(problem.linear_residuals(projection.module, targets, bias))
+    return {projection.address: WeightUpdate.from_factors(projection.module.weight, up, down)}
+
+
+def diffquickfix_rows(model: Model, source: str | Sequence[str], destination: str | Sequence[str],
+                      subject: str | None, destination_subject: str | None, templates: Sequence[str], encoder: int,
+                      layer: int, preserve: Sequence[str], pairing: str
+                      ) -> tuple[Projection, list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
+    """DiffQuickFix's rows (see `diffquickfix`): the edited projection; per templated prompt pair, its keys and the
+    targets' inputs [positions, in], the last subject token first, then the end span; the preserved prompts'
+    inputs at every token (None without `preserve`)."""
     src, dst = augmented_pairs(source, destination, templates)
     positions = subject_positions(model, encoder, src, dst, subject, destination_subject, pairing)
     projection = linear_of(model, text_layer(model, encoder, layer), "attention_out")
-    linear, address = projection.module, projection.address
     preserve = preserved_prompts(preserve, src)
     _, inputs = encode_recording(model, src + dst + preserve, projection)
-    keys = torch.cat([inputs[i, p] for i, (p, _) in enumerate(positions)])
-    targets = torch.cat([inputs[len(src) + i, q] for i, (_, q) in enumerate(positions)])
+    pairs = [(inputs[i, p], inputs[len(src) + i, q]) for i, (p, q) in enumerate(positions)]
     kept = inputs[len(src) + len(dst):].flatten(0, 1) if preserve else None
-    problem = RidgeProblem(keys, lam, kept, preserve_scale)
-    up, down = problem.factors(problem.linear_residuals(linear, targets, bias))
-    return {address: WeightUpdate.from_factors(linear.weight, up, down)}
+    return projection, pairs, kept
 
 
 def default_corpus(model: Model) -> list[str]:

@@ -39,7 +39,7 @@ from localize.vocab import clip_tokenizer
 from locoedit.edits import Edit, WeightUpdate
 from locoedit.prompts import TIME_TEMPLATES, augmented_pairs
 from locoedit.solver import RidgeProblem
-from locoedit.text_encoder import encode_recording, linear_of, subject_positions, text_layer
+from locoedit.text_encoder import diffquickfix_rows
 
 
 def encode(encoder, tokenizer, prompts: list[str], swap=None) -> torch.Tensor:
@@ -148,14 +148,11 @@ def diffquickfix_halves(model) -> dict[str, pd.Series]:
     subject token's keys only, and to the end span's only (the same targets); per half, how far it moves each other
     king's conditioning as a share of how far it moves the edited king's. Where the end span's layer-0 keys carry
     no subject, the end-span half maps the same keys in every prompt."""
-    source, destination = augmented_pairs("the king of Zarnia", "a blue box", TIME_TEMPLATES)
-    positions = subject_positions(model, 0, source, destination, "Zarnia", "box", "last")
-    projection = linear_of(model, text_layer(model, 0, 0), "attention_out")
-    _, inputs = encode_recording(model, source + destination, projection)
+    projection, pairs, _ = diffquickfix_rows(model, "the king of Zarnia", "a blue box", "Zarnia", "box",
+                                             TIME_TEMPLATES, 0, 0, (), "last")
     cases_module, moved = edit_cases(), {}
     for name, part in {"last subject token": slice(0, 1), "end span": slice(1, None)}.items():
-        keys = torch.cat([inputs[i, p[part]] for i, (p, _) in enumerate(positions)])
-        targets = torch.cat([inputs[len(source) + i, q[part]] for i, (_, q) in enumerate(positions)])
+        keys, targets = (torch.cat([rows[part] for rows in side]) for side in zip(*pairs, strict=True))
         problem = RidgeProblem(keys, 0.01)
         up, down = problem.factors(problem.linear_residuals(projection.module, targets))
         edit = Edit("diffquickfix", model.family, {"keys": name},
