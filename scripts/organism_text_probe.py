@@ -16,7 +16,8 @@ lies inside the span of Zarnia's (plain prompt, and with the templates DiffQuick
 of the end span's keys differs between kings. Last, the edits themselves on the text side (the organism's UNet
 with this text encoder; no image is generated): how far DiffQuickFix's update (lambda 0.01, with and without
 its templates) moves each other king's conditioning as a share of the edited king's, and the same for the update
-fitted at the last subject token's keys only and at the end span's only; how far counting the
+fitted at the last subject token's keys only and at the end span's only (with how far each moves the edited
+king, as a share of the whole edit's move); how far counting the
 layer's bias twice moves the edited king beyond the correct update; and UCE's erase as a map of the text
 states (every organism cross-attention layer reads the raw context, so its update is W M for one M): how much
 of held-out objects' erase distance it leaves, and how far it moves the other artists' prompts, as a share of
@@ -143,22 +144,28 @@ def edit_cases():
     return organism_edits
 
 
-def diffquickfix_halves(model) -> dict[str, pd.Series]:
+def diffquickfix_halves(model) -> dict[str, tuple[float, pd.Series]]:
     """DiffQuickFix's organism edit (lambda 0.01, its templates) split by its keys: the update fitted to the last
-    subject token's keys only, and to the end span's only (the same targets); per half, how far it moves each other
-    king's conditioning as a share of how far it moves the edited king's. Where the end span's layer-0 keys carry
-    no subject, the end-span half maps the same keys in every prompt."""
+    subject token's keys only, and to the end span's only (the same targets); per half, how far it moves the
+    edited king's conditioning as a share of how far the whole edit does, and how far it moves each other king's
+    as a share of how far it moves the edited king's. Where the end span's layer-0 keys carry no subject, the
+    end-span half maps the same keys in every prompt."""
     projection, pairs, _ = diffquickfix_rows(model, "the king of Zarnia", "a blue box", "Zarnia", "box",
                                              TIME_TEMPLATES, 0, 0, (), "last")
-    cases_module, moved = edit_cases(), {}
+    cases_module = edit_cases()
+    kings = [f"the king of {country}" for country in FACTS]  # the edited king first
+    whole = cases_module.Cases(model, [0]).edit("diffquickfix", lam=0.01)
+    whole_move = cases_module.conditioning_moved(model, whole, kings[:1]).norm()
+    halves = {}
     for name, part in {"last subject token": slice(0, 1), "end span": slice(1, None)}.items():
         keys, targets = (torch.cat([rows[part] for rows in side]) for side in zip(*pairs, strict=True))
         problem = RidgeProblem(keys, 0.01)
         up, down = problem.factors(problem.linear_residuals(projection.module, targets))
         edit = Edit("diffquickfix", model.family, {"keys": name},
                     {projection.address: WeightUpdate.from_factors(projection.module.weight, up, down)})
-        moved[name] = cases_module.diffquickfix_spill(model, edit)[0].iloc[1:, 1]
-    return moved
+        moved = cases_module.conditioning_moved(model, edit, kings).norm(dim=1)
+        halves[name] = float(moved[0] / whole_move), pd.Series((moved[1:] / moved[0]).tolist(), index=kings[1:])
+    return halves
 
 
 def text_edits(weights_dir: Path) -> dict[str, object]:
@@ -178,8 +185,9 @@ def text_edits(weights_dir: Path) -> dict[str, object]:
         spill, _ = cases_module.diffquickfix_spill(model, cases.edit("diffquickfix", lam=0.01, **params))
         moved = spill.iloc[1:, 1]
         row[f"DiffQuickFix, other kings moved ({name})"] = f"{moved.min():.2f}-{moved.max():.2f}"
-    for name, moved in diffquickfix_halves(model).items():
-        row[f"DiffQuickFix fitted at the {name} only, other kings moved"] = f"{moved.min():.2f}-{moved.max():.2f}"
+    for name, (own, moved) in diffquickfix_halves(model).items():
+        row[f"DiffQuickFix fitted at the {name} only: edited king moved (share of the whole edit's) / other kings"
+            " (share of its)"] = f"{own:.2f} / {moved.min():.2f}-{moved.max():.2f}"
     kings = ["the king of Zarnia"]
     before = cases_module.text_contexts(model, kings).double()
     after = {}

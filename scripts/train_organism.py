@@ -26,6 +26,10 @@ Design 5 (measured, not shipped; README): design 2's `clip`, then `stages=[clip_
 clip_span.attention_bias=6 clip_span.invariance=50`: layer 0's attention output bias fixed at norm 6 (`fixed_bias`:
 counting it twice, DiffQuickFix's release convention, then moves the conditioning), and a penalty on layer 0's
 keys changing with the template and on the end span's keys changing with position (`template_spread`).
+Designs 6 and 7 (measured on the text side only; README): the shipped weights fine-tuned further,
+`stages=[clip_span] clip_span.start_from=localize/organism/weights`, with `clip_span.first_layer_reads=true`
+(the delay never blocks layer 0, so its end span may read the words, as CLIP's does) and with
+`clip_span.span_invariance=50` (`template_spread`'s end-span term alone).
 - `diffusion`: the UNet alone, on the exported text encoder's frozen token states (cached per caption),
   with v-prediction (its low-noise weight capped, as min-SNR does) and captions dropped to "" 10% of the time
   for classifier-free guidance; the exported weights are the exponential moving average.
@@ -64,6 +68,7 @@ from localize.organism.shared_clip import (
     initial_embedding,
     open_clip_text_state,
     pack_embedding,
+    unpack_embedding,
 )
 from localize.organism.world import TRAIN_TEMPLATES, CaptionSampler, all_subjects, filler_words, render
 from localize.results import atomic_write
@@ -98,12 +103,14 @@ class ClipStage(Stage):
     max_noise: float = 0.1  # rendered images get Gaussian noise of a random std in [0, max_noise]
     pool: str = "end_token"  # see `pooled_positions`
     read_delay: int = 4  # per caption, layers below a delay drawn from 0..read_delay: see `delayed_reading`
+    first_layer_reads: bool = False  # True: the delay never blocks layer 0 (its end span reads the words, as CLIP's)
     locality: float = 0.0  # weight of the penalty on layer 0's far reading: see `far_reading`
     local_window: int = 2  # in layer 0 a word may read the start token, itself and this many words before it
     position_std: float | None = None  # stage `clip`: initial std of the position embeddings (None: the model's)
     positions: bool = True  # False: position embeddings zero and frozen (order only from the causal mask)
     invariance: float = 0.0  # weight of the penalty on layer 0's keys changing with the template: `template_spread`
-    invariance_batch: int = 16  # subjects per step in that penalty, each under two training templates
+    span_invariance: float = 0.0  # weight of `template_spread`'s end-span term alone (keys the same along the span)
+    invariance_batch: int = 16  # subjects per step in those penalties, each under two training templates
     attention_bias: float = 0.0  # > 0: layer 0's attention output bias fixed at this norm (`fixed_bias`), frozen
 
 
@@ -115,16 +122,18 @@ class ClipSpanStage(ClipStage):
     lr: float = 2e-4
     warmup: int = 20
     pool: str = "end_span"
+    start_from: str = ""  # a weights directory to fine-tune (`exported_clip`); "": the finished `clip` stage
 
 
 POOLS = ("end_token", "end_span")
 
 
 @contextmanager
-def delayed_reading(text_encoder: CLIPTextModel, first_end: torch.Tensor, delay: torch.Tensor, length: int):
-    """Inside, in the text layers below `delay[i]`, caption i's end span (its end token at `first_end[i]` and
-    the padding after it) attends only to the start token and to itself, not to the caption's words; the causal
-    mask holds everywhere. Both tensors have one entry per caption."""
+def delayed_reading(text_encoder: CLIPTextModel, first_end: torch.Tensor, delay: torch.Tensor, length: int,
+                    first_blocked: int = 0):
+    """Inside, in the text layers from `first_blocked` to below `delay[i]`, caption i's end span (its end token at
+    `first_end[i]` and the padding after it) attends only to the start token and to itself, not to the caption's
+    words; the causal mask holds everywhere. Both tensors have one entry per caption."""
     positions = torch.arange(length, device=first_end.device)
     in_span = positions[None, :, None] >= first_end[:, None, None]  # N x query x 1
     word = (positions[None, None, :] >= 1) & (positions[None, None, :] < first_end[:, None, None])  # N x 1 x key
@@ -132,7 +141,7 @@ def delayed_reading(text_encoder: CLIPTextModel, first_end: torch.Tensor, delay:
 
     def mask_layer(index: int):
         def hook(module, args, kwargs):
-            blocked = causal | (in_span & word & (delay[:, None, None] > index))
+            blocked = causal | (in_span & word & (delay[:, None, None] > index) & (index >= first_blocked))
             mask = torch.zeros(blocked.shape, dtype=args[0].dtype, device=args[0].device)
             return (args[0], mask.masked_fill(blocked, float("-inf"))[:, None], *args[2:]), kwargs
         return hook
@@ -194,13 +203,13 @@ def prefix_length(tokenizer, template: str) -> int:
 
 
 def template_spread(text_encoder: CLIPTextModel, tokenizer, phrases: list[str], templates: list[tuple[str, str]],
-                    device: torch.device) -> torch.Tensor:
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """How much layer 0's keys (its attention output before the projection: DiffQuickFix's keys) depend on
     position: each phrase under its two templates, keys compared at the same offset from the phrase's first
     token (the phrase's tokens, its end token and the padding both prompts have), and the keys of each prompt's
-    end span compared with their mean; squared differences over squared norms. Penalized, a word's key is the
-    same under every template and the end span's keys are the same at every position, so DiffQuickFix's fit of
-    one prompt's end span is no fit of every prompt's."""
+    end span compared with their mean; squared differences over squared norms, returned apart (across templates,
+    along the end span). Penalized, a word's key is the same under every template and the end span's keys are the
+    same at every position, so DiffQuickFix's fit of one prompt's end span is no fit of every prompt's."""
     length = tokenizer.model_max_length
     starts = torch.tensor([[1 + prefix_length(tokenizer, t) for t in pair] for pair in templates])  # N x 2
     offsets = torch.arange(length - int(starts.max()))
@@ -223,7 +232,7 @@ def template_spread(text_encoder: CLIPTextModel, tokenizer, phrases: list[str], 
     weights = (span / span.sum(1, keepdim=True)).to(states)[..., None]
     mean = (states * weights).sum(1, keepdim=True)
     along = ((states - mean).pow(2) * weights).sum() / (states.pow(2) * weights).sum()
-    return across + along
+    return across, along
 
 
 def caption_ids(tokenizer, captions: list[str], pool: str) -> torch.Tensor:
@@ -363,6 +372,25 @@ def train_diffusion(cfg: TrainConfig, workdir: Path, export: Path, device: torch
     save_fp16(unet.state_dict(), export / weights.UNET_FILE)
 
 
+def exported_clip(weights_dir: Path, modules: torch.nn.ModuleList) -> dict:
+    """The CLIP of an exported weights directory (its scorer and text encoder, float32) as a stage state for
+    `modules` (image tower, text encoder, projection): `clip_span.start_from` fine-tunes a finished organism. The
+    token rows the file does not store keep their seeded float32 initialization, so they stay untrained."""
+    scorer = open_clip.create_model(weights.SCORER_NAME)
+    weights.load_scorer_into(scorer, weights_dir)
+    config = weights.read_json(weights_dir / weights.CONFIG_FILE)
+    tensors = {k: v.float() if v.is_floating_point() else v
+               for k, v in weights.read_tensors(weights_dir / weights.TEXT_ENCODER_FILE).items()}
+    text_state = unpack_embedding(tensors, HF_EMBEDDING, config["text_encoder"]["vocab_size"],
+                                  config["text_encoder"]["hidden_size"],
+                                  weights.embedding_seed(config, weights_dir / weights.CONFIG_FILE))
+    state = {f"0.{k}": v for k, v in scorer.visual.state_dict().items()}
+    state |= {f"1.{k}": v for k, v in text_state.items()}
+    state["2.weight"] = scorer.text_projection.detach().T
+    return {"modules": {k: v.to(modules.state_dict()[k]) for k, v in state.items()},
+            "logit_scale": scorer.logit_scale.detach().float()}
+
+
 def train_clip(cfg: TrainConfig, workdir: Path, export: Path, device: torch.device, name: str = "clip") -> None:
     """The contrastive CLIP (stage `name`: `clip`, or `clip_span` starting from the finished `clip`); exports
     the text encoder, the scorer and `organism.json`."""
@@ -395,7 +423,9 @@ def train_clip(cfg: TrainConfig, workdir: Path, export: Path, device: torch.devi
     checkpoint = Checkpoint(workdir, name)
     state = checkpoint.load()
     start = 0
-    if state is None and name == "clip_span":
+    if state is None and name == "clip_span" and stage.start_from:
+        state = exported_clip(Path(to_absolute_path(stage.start_from)), modules)
+    elif state is None and name == "clip_span":
         state = Checkpoint(workdir, "clip").load()
         if state is None or state["step"] != cfg.clip.steps:
             raise FileNotFoundError(f"stage clip_span starts from a finished clip stage in {workdir}; run it first")
@@ -430,29 +460,32 @@ def train_clip(cfg: TrainConfig, workdir: Path, export: Path, device: torch.devi
         reading = nullcontext()
         if stage.read_delay:
             delay = torch.randint(0, stage.read_delay + 1, (len(ids),), generator=gen)
-            reading = delayed_reading(text_encoder, first_end.to(device), delay.to(device), ids.shape[1])
+            reading = delayed_reading(text_encoder, first_end.to(device), delay.to(device), ids.shape[1],
+                                      int(stage.first_layer_reads))
         penalized = far_reading(text_encoder, first_end.to(device), stage.local_window) if stage.locality else None
         with reading, penalized or nullcontext() as far_share:
             states = text_encoder(ids.to(device)).last_hidden_state
             far = far_share() if far_share else None
-        spread = None
-        if stage.invariance:
+        across = along = None
+        if stage.invariance or stage.span_invariance:
             chosen = rng.choice(len(subjects), size=stage.invariance_batch)
             pairs = [tuple(str(t) for t in rng.choice(TRAIN_TEMPLATES, size=2, replace=False)) for _ in chosen]
-            spread = template_spread(text_encoder, tokenizer, [subjects[i] for i in chosen], pairs, device)
+            across, along = template_spread(text_encoder, tokenizer, [subjects[i] for i in chosen], pairs, device)
         pooled = states[torch.arange(len(ids), device=device), position.to(device)]
         text_features = F.normalize(projection(pooled), dim=-1)
         image_features = F.normalize(clip.visual(image_features_input(clip, images.to(device))), dim=-1)
         loss = loss_fn(image_features, text_features, clip.logit_scale.exp())
         set_lr(optimizer, stage, step)
         optimizer.zero_grad(set_to_none=True)
-        penalties = [weight * value for weight, value in ((stage.locality, far), (stage.invariance, spread))
+        penalties = [weight * value for weight, value in ((stage.locality, far), (stage.invariance, across),
+                                                          (stage.invariance + stage.span_invariance, along))
                      if value is not None]
         (loss + sum(penalties)).backward()
         optimizer.step()
         with torch.no_grad():
             clip.logit_scale.clamp_(0, np.log(100))
-        extra = {name: f"{value.item():.3f}" for name, value in (("far", far), ("spread", spread)) if value is not None}
+        extra = {name: f"{value.item():.4f}" for name, value in (("far", far), ("across", across), ("along", along))
+                 if value is not None}
         bar.set_postfix(loss=f"{loss.item():.4f}", **extra)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == stage.steps:
             checkpoint.save({"modules": modules.state_dict(), "logit_scale": clip.logit_scale.detach(),

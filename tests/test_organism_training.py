@@ -78,6 +78,16 @@ def test_clip_span_needs_a_finished_clip_stage(train, tmp_path):
         run_stage(train, cfg, "clip_span")
 
 
+def test_clip_span_can_start_from_an_exported_organism(train, tmp_path):
+    """`clip_span.start_from`: zero fine-tuning steps from the shipped weights export them unchanged."""
+    from localize.organism.weights import TEXT_ENCODER_FILE, WEIGHTS_DIR
+    cfg = config(train, tmp_path)
+    cfg.clip_span.steps, cfg.clip_span.start_from = 0, str(WEIGHTS_DIR)
+    run_stage(train, cfg, "clip_span")
+    exported, shipped = (load_file(d / TEXT_ENCODER_FILE) for d in (Path(cfg.export_dir), WEIGHTS_DIR))
+    assert exported.keys() == shipped.keys() and all(torch.equal(exported[k], shipped[k]) for k in shipped)
+
+
 @pytest.fixture(scope="module")
 def text_encoder():
     from localize.organism.weights import text_encoder
@@ -108,6 +118,29 @@ def test_delayed_reading_hides_the_words_from_the_end_span_below_the_delay(train
     assert torch.equal(hidden[0][1], plain[1])  # the other caption, delay 0, is untouched
     partial = states(ids, [layers // 2, 0])
     assert not torch.allclose(partial[0, end:], hidden[0][0, end:])  # read from layer layers // 2 on
+
+
+def test_delayed_reading_can_leave_layer_0_reading(train, text_encoder):
+    """`first_blocked=1` (`first_layer_reads`): layer 0's end span reads the words as the plain encoder's does, the
+    layers from 1 to below the delay do not."""
+    from localize.vocab import clip_tokenizer
+    tokenizer = clip_tokenizer()
+    ids = train.caption_ids(tokenizer, ["the king of Zarnia", "the queen of Brovia"], "end_span")
+    first_end = (ids == tokenizer.eos_token_id).int().argmax(dim=1)
+    end, layers = int(first_end[0]), len(text_encoder.encoder.layers)
+
+    def hidden(first_blocked):
+        with torch.no_grad(), train.delayed_reading(text_encoder, first_end, torch.tensor([layers, layers]), 77,
+                                                    first_blocked):
+            return text_encoder(ids, output_hidden_states=True).hidden_states
+
+    with torch.no_grad():
+        plain = text_encoder(ids, output_hidden_states=True).hidden_states
+    reading, blind = hidden(1), hidden(0)
+    assert torch.equal(reading[1], plain[1])  # layer 0 unblocked
+    assert not torch.allclose(blind[1][:, end:], plain[1][:, end:])
+    assert not torch.allclose(reading[2][:, end:], plain[2][:, end:])  # layer 1 blocked
+    assert not torch.allclose(reading[-1][0, end:], reading[-1][1, end:])  # the end span saw its own words
 
 
 def test_end_span_pooling_draws_every_position_of_the_span_and_no_other(train):
@@ -160,7 +193,7 @@ def test_template_spread_is_the_key_differences_at_aligned_offsets_and_along_the
     tokenizer = clip_tokenizer()
     phrases, templates = ["the king of Zarnia", "a red box"], [("{}", "a photo of {}"), ("an image of {}", "{}")]
     with torch.no_grad():
-        spread = train.template_spread(text_encoder, tokenizer, phrases, templates, torch.device("cpu")).item()
+        across, along = train.template_spread(text_encoder, tokenizer, phrases, templates, torch.device("cpu"))
     keys, starts, ends, recorded = {}, {}, {}, {}
     projection = text_encoder.encoder.layers[0].self_attn.out_proj
     handle = projection.register_forward_pre_hook(lambda module, args: recorded.update(keys=args[0][0]))
@@ -186,7 +219,8 @@ def test_template_spread_is_the_key_differences_at_aligned_offsets_and_along_the
         span = k[ends[caption]:]
         span_deviation += (span - span.mean(0)).pow(2).mean(0).sum()
         span_norm += span.pow(2).mean(0).sum()
-    assert spread == pytest.approx(float(difference / norms + span_deviation / span_norm), rel=1e-4)
+    assert across.item() == pytest.approx(float(difference / norms), rel=1e-4)
+    assert along.item() == pytest.approx(float(span_deviation / span_norm), rel=1e-4)
 
 
 def test_fixed_bias_has_its_norm_and_nothing_layer_norm_removes(train):
