@@ -108,6 +108,7 @@ class ClipStage(Stage):
     local_window: int = 2  # in layer 0 a word may read the start token, itself and this many words before it
     position_std: float | None = None  # stage `clip`: initial std of the position embeddings (None: the model's)
     positions: bool = True  # False: position embeddings zero and frozen (order only from the causal mask)
+    position_scale: float = 1.0  # the position embeddings scaled by this as the stage starts (still trained)
     invariance: float = 0.0  # weight of the penalty on layer 0's keys changing with the template: `template_spread`
     span_invariance: float = 0.0  # weight of `template_spread`'s end-span term alone (keys the same along the span)
     invariance_batch: int = 16  # subjects per step in those penalties, each under two training templates
@@ -436,6 +437,9 @@ def train_clip(cfg: TrainConfig, workdir: Path, export: Path, device: torch.devi
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
             start = state["step"]
+    if stage.position_scale != 1.0 and start == 0:  # once, as the stage starts (not again on resume)
+        with torch.no_grad():
+            text_encoder.embeddings.position_embedding.weight.mul_(stage.position_scale)
     if not stage.positions:
         with torch.no_grad():
             text_encoder.embeddings.position_embedding.weight.zero_()

@@ -88,6 +88,16 @@ def test_clip_span_can_start_from_an_exported_organism(train, tmp_path):
     assert exported.keys() == shipped.keys() and all(torch.equal(exported[k], shipped[k]) for k in shipped)
 
 
+def test_position_scale_scales_the_position_embeddings_once_as_the_stage_starts(train, tmp_path):
+    from localize.organism.weights import TEXT_ENCODER_FILE, WEIGHTS_DIR
+    cfg = config(train, tmp_path)
+    cfg.clip_span.steps, cfg.clip_span.start_from, cfg.clip_span.position_scale = 0, str(WEIGHTS_DIR), 0.25
+    run_stage(train, cfg, "clip_span")
+    key = "embeddings.position_embedding.weight"
+    exported, shipped = (load_file(d / TEXT_ENCODER_FILE)[key] for d in (Path(cfg.export_dir), WEIGHTS_DIR))
+    assert torch.equal(exported, shipped * 0.25)  # a power of two: exact in float16
+
+
 @pytest.fixture(scope="module")
 def text_encoder():
     from localize.organism.weights import text_encoder
