@@ -26,10 +26,11 @@ Design 5 (measured, not shipped; README): design 2's `clip`, then `stages=[clip_
 clip_span.attention_bias=6 clip_span.invariance=50`: layer 0's attention output bias fixed at norm 6 (`fixed_bias`:
 counting it twice, DiffQuickFix's release convention, then moves the conditioning), and a penalty on layer 0's
 keys changing with the template and on the end span's keys changing with position (`template_spread`).
-Designs 6 and 7 (measured on the text side only; README): the shipped weights fine-tuned further,
+Designs 6 to 10 (measured on the text side only; README): the shipped weights fine-tuned further,
 `stages=[clip_span] clip_span.start_from=localize/organism/weights`, with `clip_span.first_layer_reads=true`
-(the delay never blocks layer 0, so its end span may read the words, as CLIP's does) and with
-`clip_span.span_invariance=50` (`template_spread`'s end-span term alone).
+(the delay never blocks layer 0, so its end span may read the words, as CLIP's does), with
+`clip_span.span_invariance=50` (`template_spread`'s end-span term alone), with `clip_span.positions=false
+clip_span.locality=2` (design 3's fine-tune), and with `clip_span.position_scale=0.2` or `0.05` and that locality.
 - `diffusion`: the UNet alone, on the exported text encoder's frozen token states (cached per caption),
   with v-prediction (its low-noise weight capped, as min-SNR does) and captions dropped to "" 10% of the time
   for classifier-free guidance; the exported weights are the exponential moving average.
