@@ -389,13 +389,14 @@ def exported_clip(weights_dir: Path, modules: torch.nn.ModuleList) -> dict:
     state = {f"0.{k}": v for k, v in scorer.visual.state_dict().items()}
     state |= {f"1.{k}": v for k, v in text_state.items()}
     state["2.weight"] = scorer.text_projection.detach().T
-    return {"modules": {k: v.to(modules.state_dict()[k]) for k, v in state.items()},
+    current = modules.state_dict()
+    return {"modules": {k: v.to(current[k]) for k, v in state.items()},
             "logit_scale": scorer.logit_scale.detach().float()}
 
 
 def train_clip(cfg: TrainConfig, workdir: Path, export: Path, device: torch.device, name: str = "clip") -> None:
-    """The contrastive CLIP (stage `name`: `clip`, or `clip_span` starting from the finished `clip`); exports
-    the text encoder, the scorer and `organism.json`."""
+    """The contrastive CLIP (stage `name`: `clip`, or `clip_span` starting from the finished `clip` or from
+    `clip_span.start_from`); exports the text encoder, the scorer and `organism.json`."""
     stage = getattr(cfg, name)
     arch = architecture("organism", "full")
     weights.register_scorer_config()
