@@ -144,9 +144,9 @@ def edit_cases():
     return organism_edits
 
 
-def diffquickfix_halves(model) -> dict[str, tuple[float, pd.Series]]:
-    """DiffQuickFix's organism edit (lambda 0.01, its templates) split by its keys: the update fitted to the last
-    subject token's keys only, and to the end span's only (the same targets); per half, how far it moves the
+def diffquickfix_halves(model, whole: Edit) -> dict[str, tuple[float, pd.Series]]:
+    """DiffQuickFix's organism edit `whole` (lambda 0.01, its templates) split by its keys: the update fitted to the
+    last subject token's keys only, and to the end span's only (the same targets); per half, how far it moves the
     edited king's conditioning as a share of how far the whole edit does, and how far it moves each other king's
     as a share of how far it moves the edited king's. Where the end span's layer-0 keys carry no subject, the
     end-span half maps the same keys in every prompt."""
@@ -154,7 +154,6 @@ def diffquickfix_halves(model) -> dict[str, tuple[float, pd.Series]]:
                                              TIME_TEMPLATES, 0, 0, (), "last")
     cases_module = edit_cases()
     kings = [f"the king of {country}" for country in FACTS]  # the edited king first
-    whole = cases_module.Cases(model, [0]).edit("diffquickfix", lam=0.01)
     whole_move = cases_module.conditioning_moved(model, whole, kings[:1]).norm()
     halves = {}
     for name, part in {"last subject token": slice(0, 1), "end span": slice(1, None)}.items():
@@ -181,18 +180,21 @@ def text_edits(weights_dir: Path) -> dict[str, object]:
     model.context_cache.clear()
     cases = cases_module.Cases(model, [0])
     row = {}
-    for name, params in {"with templates": {}, "plain prompt": {"templates": ()}}.items():
-        spill, _ = cases_module.diffquickfix_spill(model, cases.edit("diffquickfix", lam=0.01, **params))
+    edits = {name: cases.edit("diffquickfix", lam=0.01, **params)
+             for name, params in {"with templates": {}, "plain prompt": {"templates": ()}}.items()}
+    for name, edit in edits.items():
+        spill, _ = cases_module.diffquickfix_spill(model, edit)
         moved = spill.iloc[1:, 1]
         row[f"DiffQuickFix, other kings moved ({name})"] = f"{moved.min():.2f}-{moved.max():.2f}"
-    for name, (own, moved) in diffquickfix_halves(model).items():
+    for name, (own, moved) in diffquickfix_halves(model, edits["with templates"]).items():
         row[f"DiffQuickFix fitted at the {name} only: edited king moved (share of the whole edit's) / other kings"
             " (share of its)"] = f"{own:.2f} / {moved.min():.2f}-{moved.max():.2f}"
     kings = ["the king of Zarnia"]
     before = cases_module.text_contexts(model, kings).double()
     after = {}
-    for bias in ("once", "twice"):
-        with cases.edit("diffquickfix", lam=0.01, bias=bias).applied(model):
+    twice = cases.edit("diffquickfix", lam=0.01, bias="twice")
+    for bias, edit in (("once", edits["with templates"]), ("twice", twice)):
+        with edit.applied(model):
             after[bias] = cases_module.text_contexts(model, kings).double()
     row["bias counted twice, shift beyond the correct update"] = \
         f"{float((after['twice'] - after['once']).norm() / (after['once'] - before).norm()):.2f}"

@@ -48,7 +48,9 @@ def test_diffquickfix_spills_through_the_end_span_whose_layer_0_keys_every_king_
     """README: the end-span half of DiffQuickFix's update maps keys every king's prompt has, so it moves the other
     kings about as far as the edited one; the last subject token's half moves them less."""
     from localize import load_model
-    halves = probe.diffquickfix_halves(load_model("organism"))
+    model = load_model("organism")
+    whole = probe.edit_cases().Cases(model, [0]).edit("diffquickfix", lam=0.01)
+    halves = probe.diffquickfix_halves(model, whole)
     (end_own, end_others), (name_own, name_others) = halves["end span"], halves["last subject token"]
     assert end_others.min() > 0.3
     assert end_others.mean() > 2 * name_others.mean() > 0
